@@ -1,0 +1,212 @@
+"""The one definition of how an image becomes model input (torch-free).
+
+Training's validation transform, the export self-check, ``vit predict``/``vit eval`` and the
+server all call :meth:`Preprocessing.__call__` on images decoded by :func:`decode_image`, so a
+served model is fed exactly as it was validated. The definition is a small value object that
+is stored in every checkpoint and in the ONNX metadata.
+
+Geometry follows timm's evaluation transform (``resolve_data_config`` + ``create_transform``):
+resize so the crop covers ``crop_pct`` of the shorter side, centre-crop ``input_size``, scale
+to [0, 1], subtract ``mean``, divide by ``std``, channels first (RGB).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_PIXELS = 50_000_000
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+CROP_MODES = ("center", "squash")
+
+
+class ImageError(ValueError):
+    """An input that cannot become model input; the message says why."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than allowed (decompression-bomb guard)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize, centre-crop and normalise; the same numbers wherever the model is fed.
+
+    input_size: (height, width) of the model input.
+    crop_pct: fraction of the resized image kept by the centre crop (timm's ``crop_pct``).
+    crop_mode: ``center`` keeps the aspect ratio (shorter side to ``input/crop_pct``);
+        ``squash`` resizes both sides to ``input/crop_pct`` regardless of aspect.
+    interpolation: PIL resampling filter name.
+    jpeg_draft: let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale when that still
+        leaves at least the resize target (cheap, and applied identically everywhere).
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    jpeg_draft: bool = True
+    channel_order: str = field(default="RGB", init=False)
+    layout: str = field(default="NCHW", init=False)
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, int):
+            size = (size, size)
+        size = tuple(int(s) for s in size)
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"preprocessing.input_size must be two positive integers, got {self.input_size}")
+        if not 0.0 < float(self.crop_pct) <= 1.0:
+            raise ValueError(f"preprocessing.crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"preprocessing.crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"preprocessing.interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("preprocessing.mean and preprocessing.std need three values, std > 0")
+
+    @property
+    def scale_size(self) -> tuple[int, int]:
+        """(height, width) the image is resized to before the centre crop (timm's rule)."""
+        return tuple(math.floor(s / self.crop_pct) for s in self.input_size)  # type: ignore[return-value]
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the resized image for a source of the given size."""
+        scale_h, scale_w = self.scale_size
+        if self.crop_mode == "squash" or scale_h != scale_w:
+            return scale_w, scale_h
+        # torchvision's Resize(int): the shorter side becomes `scale`, the longer keeps aspect.
+        if width <= height:
+            return scale_w, int(scale_w * height / width)
+        return int(scale_h * width / height), scale_h
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """The geometric half: resize, then centre-crop to ``input_size``. Returns RGB PIL."""
+        new_size = self.resized_size(*image.size)
+        if new_size != image.size:
+            image = image.resize(new_size, INTERPOLATIONS[self.interpolation])
+        crop_h, crop_w = self.input_size
+        width, height = image.size
+        if width < crop_w or height < crop_h:  # only for crop_pct > 1-like rounding: pad like torchvision
+            image = ImageOps.pad(image, (max(width, crop_w), max(height, crop_h)), color=(0, 0, 0))
+            width, height = image.size
+        top = int(round((height - crop_h) / 2.0))
+        left = int(round((width - crop_w) / 2.0))
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 HWC (or NHWC) RGB -> float32 CHW (or NCHW), scaled and normalised."""
+        x = pixels.astype(np.float32) / np.float32(255.0)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> float32 array [3, H, W], ready to batch."""
+        return self.normalize(np.asarray(self.resize_and_crop(image)))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict`; unknown keys are an error that names them."""
+        fixed = {"channel_order": "RGB", "layout": "NCHW"}
+        for key, expected in fixed.items():
+            if key in data and data[key] != expected:
+                raise ValueError(f"preprocessing.{key} must be {expected!r}, got {data[key]!r}")
+        known = {"input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "jpeg_draft"}
+        unknown = set(data) - known - set(fixed)
+        if unknown:
+            raise ValueError(f"unknown preprocessing field(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Composite transparent images onto white, so transparency never reads as black."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (16-bit and float modes rescaled, alpha flattened on white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # PIL's own convert() clips these to 0..255 instead of rescaling them.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        array = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(array, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        return _flatten_alpha(image)
+    return image.convert("RGB")
+
+
+def decode_image(
+    source: bytes | str | Path | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    preprocessing: Preprocessing | None = None,
+) -> Image.Image:
+    """Bytes or a path -> upright 8-bit RGB PIL image; :class:`ImageError` says why not.
+
+    EXIF orientation is applied, animated images give their first frame, and images above
+    ``max_pixels`` are refused before their pixels are decoded. With ``preprocessing`` and
+    ``jpeg_draft`` set, large JPEGs are decoded at reduced scale (never below the resize target).
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+                )
+            if preprocessing is not None and preprocessing.jpeg_draft and image.format == "JPEG":
+                scale_w, scale_h = preprocessing.resized_size(width, height)
+                image.draft(None, (scale_w, scale_h))
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{name}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ImageError(f"{name}: no such file") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: cannot decode image ({exc})") from exc

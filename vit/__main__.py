@@ -1,0 +1,5 @@
+import sys
+
+from vit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ``vit`` command.
+
+``fit``, ``validate`` and ``test`` are LightningCLI (YAML ``--config``, dotted overrides,
+``--print_config``); the other subcommands are plain argparse programs in their own modules,
+imported only when called (``vit serve`` never imports torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+# subcommand -> (module, one-line help); each module has main(argv: list[str]) -> int
+TOOL_COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("vit.export", "export a checkpoint to one self-describing ONNX file"),
+    "predict": ("vit.predict", "classify images with an ONNX file or a checkpoint"),
+    "eval": ("vit.evaluate", "accuracy, per-class table and confusion matrix on a folder"),
+    "explain": ("vit.explain", "attention-rollout overlays for images"),
+    "serve": ("serve.cli", "HTTP server for an ONNX file (torch-free)"),
+    "demo": ("vit.demo", "digits demo: data set, training, export, prediction"),
+}
+DEFAULT_ROOT = "runs/vit"
+
+
+def parse_duration(text: str) -> str:
+    """``90s``, ``30m``, ``1h30m``, ``2d`` or ``DD:HH:MM:SS`` -> Lightning's ``DD:HH:MM:SS``."""
+    if re.fullmatch(r"\d+:\d\d:\d\d:\d\d", text):
+        return text
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.lower()):
+        raise ValueError(f"--budget: cannot read {text!r}; use e.g. 30m, 1h30m, 90s or DD:HH:MM:SS")
+    seconds = int(sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u] for n, u in parts))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def run_lightning(argv: list[str]) -> int:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from vit.data import ImageFolderDataModule
+    from vit.model import ViTClassifier
+
+    class ViTCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_argument(
+                "--budget", type=str | None, default=None,
+                help="train for this long (e.g. 30m); the LR schedule is laid out over the budget",
+            )
+            parser.link_arguments("model.img_size", "data.img_size")
+            parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+            parser.link_arguments("data.preprocessing_dict", "model.preprocessing", apply_on="instantiate")
+            # `best` by val top-1 and `last`, in a fixed folder so `--ckpt_path last` finds them.
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({
+                "checkpoint.monitor": "val/acc1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.enable_version_counter": False,
+                "trainer.default_root_dir": DEFAULT_ROOT,
+            })
+            parser.link_arguments(
+                "trainer.default_root_dir", "checkpoint.dirpath",
+                compute_fn=lambda root: str(Path(root or DEFAULT_ROOT) / "checkpoints"),
+            )
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand]
+            trainer = config.trainer
+            if config.get("budget"):
+                trainer.max_time = parse_duration(config.budget)
+                trainer.max_epochs = -1 if trainer.max_epochs in (None, 1000) else trainer.max_epochs
+            if trainer.logger in (None, True):
+                trainer.logger = default_loggers(trainer.default_root_dir or DEFAULT_ROOT)
+
+    ViTCLI(
+        ViTClassifier,
+        ImageFolderDataModule,
+        args=argv,
+        trainer_defaults={"callbacks": [_progress_bar()], "max_epochs": 100},
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+        seed_everything_default=0,
+    )
+    return 0
+
+
+def _progress_bar() -> Any:
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    try:
+        import rich  # noqa: F401
+
+        return RichProgressBar()
+    except ImportError:
+        return TQDMProgressBar()
+
+
+def default_loggers(root: str) -> list[dict[str, Any]]:
+    """CSV always; TensorBoard too when it is installed. Both under ``root/logs/version_N``."""
+    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "logs"}}]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": root, "name": "logs"}}
+        )
+    return loggers
+
+
+def usage() -> str:
+    lines = ["usage: vit COMMAND [options]", "", "commands:"]
+    lines += [f"  {c:<9} LightningCLI {c} (see `vit {c} --help`)" for c in LIGHTNING_COMMANDS]
+    lines += [f"  {c:<9} {text}" for c, (_, text) in TOOL_COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        return run_lightning(argv)
+    if command in TOOL_COMMANDS:
+        module = importlib.import_module(TOOL_COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    print(f"vit: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

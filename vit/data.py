@@ -1,0 +1,192 @@
+"""Datasets and the LightningDataModule for an image folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data import create_transform
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from serve.preprocess import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_image
+from vit.folder import Sample, Splits, discover, drop_bad_images, format_skip_report
+
+
+def default_num_workers() -> int:
+    """On a small machine the model needs the cores too: at most 2 loader processes."""
+    return min(2, os.cpu_count() or 1)
+
+
+class ImageFolderDataset(Dataset):
+    """(path, label) samples decoded with the shared decoder and passed through ``transform``."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: Callable[[Any], Any],
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.preprocessing = preprocessing  # lets the decoder use JPEG draft mode for eval
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = decode_image(path, max_pixels=self.max_pixels, preprocessing=self.preprocessing)
+        return self.transform(image), label
+
+
+class EvalTransform:
+    """The shared torch-free preprocessing, returning a tensor (picklable for workers)."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return torch.from_numpy(self.preprocessing(image))
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """An image folder as train/val/test loaders.
+
+    Args:
+        root: ``root/<class>/…`` or ``root/{train,val[,test]}/<class>/…``.
+        img_size: model input size (linked from ``model.img_size`` by the CLI).
+        val_fraction: share of each class held out when there is no ``val/`` folder.
+        seed: seed of that split.
+        batch_size: per device.
+        num_workers: loader processes (default: up to 2).
+        eval_crop_pct: evaluation centre-crop fraction (timm's ``crop_pct``).
+        interpolation: resize filter for training and evaluation.
+        mean, std: normalisation.
+        scale: random-resized-crop area range for training.
+        hflip: horizontal-flip probability.
+        auto_augment: timm policy string (e.g. ``rand-m9-mstd0.5-inc1``) or None.
+        re_prob: random-erasing probability.
+        color_jitter: colour-jitter strength (ignored when ``auto_augment`` is set).
+        balanced_sampling: sample classes equally often (weights 1 / class count).
+        max_pixels: larger images are reported and skipped.
+        check_images: decode every file once before training and skip the bad ones.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        img_size: int = 224,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        eval_crop_pct: float = 0.875,
+        interpolation: str = "bicubic",
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        auto_augment: str | None = None,
+        re_prob: float = 0.0,
+        color_jitter: float | None = None,
+        balanced_sampling: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        check_images: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.splits: Splits = discover(root, val_fraction=val_fraction, seed=seed)
+        self.preprocessing = Preprocessing(
+            input_size=(img_size, img_size),
+            crop_pct=eval_crop_pct,
+            interpolation=interpolation,
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self._checked = False
+
+    # The CLI links these two into the model, so every checkpoint carries them.
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.splits.classes)
+
+    @property
+    def preprocessing_dict(self) -> dict[str, Any]:
+        return self.preprocessing.to_dict()
+
+    def train_transform(self) -> Callable[[Any], torch.Tensor]:
+        hp = self.hparams
+        return create_transform(
+            input_size=hp.img_size,
+            is_training=True,
+            scale=tuple(hp.scale),
+            hflip=hp.hflip,
+            auto_augment=hp.auto_augment,
+            color_jitter=hp.color_jitter if hp.color_jitter is not None else 0.0,
+            re_prob=hp.re_prob,
+            interpolation=hp.interpolation,
+            mean=tuple(hp.mean),
+            std=tuple(hp.std),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        if self.hparams.check_images:
+            self.splits = drop_bad_images(self.splits, self.hparams.max_pixels)
+            if self.splits.skipped:
+                rank_zero_info(format_skip_report(self.splits.skipped))
+        counts = self.splits.class_counts("train")
+        rank_zero_info(
+            f"{len(self.splits.classes)} classes, {len(self.splits.train)} train / {len(self.splits.val)} val"
+            f" / {len(self.splits.test)} test images; train images per class: "
+            + ", ".join(f"{name}={n}" for name, n in counts.items())
+        )
+
+    def _dataset(self, split: str, training: bool) -> ImageFolderDataset:
+        samples = getattr(self.splits, split)
+        if training:
+            return ImageFolderDataset(samples, self.train_transform(), self.hparams.max_pixels)
+        return ImageFolderDataset(
+            samples, EvalTransform(self.preprocessing), self.hparams.max_pixels, self.preprocessing
+        )
+
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Any = None, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,
+        )
+
+    def class_balanced_sampler(self) -> WeightedRandomSampler:
+        labels = np.array([label for _, label in self.splits.train])
+        counts = np.bincount(labels, minlength=len(self.splits.classes))
+        weights = 1.0 / counts[labels]
+        return WeightedRandomSampler(weights.tolist(), num_samples=len(labels), replacement=True)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self.class_balanced_sampler() if self.hparams.balanced_sampling else None
+        dataset = self._dataset("train", training=True)
+        drop_last = len(dataset) > self.hparams.batch_size
+        return self._loader(dataset, shuffle=True, sampler=sampler, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val", training=False), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        split = "test" if self.splits.test else "val"
+        return self._loader(self._dataset(split, training=False), shuffle=False)

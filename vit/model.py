@@ -1,0 +1,223 @@
+"""The LightningModule: a timm Vision Transformer with loss, optimiser, schedule and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from vit.pretrained import load_pretrained
+from vit.report import format_per_class_table, write_confusion_matrix_png
+from vit.schedule import ProgressScheduler
+
+CHECKPOINT_KEY = "vit"  # checkpoint[CHECKPOINT_KEY] = {"labels", "preprocessing", "model"}
+
+
+def timm_config(
+    img_size: int,
+    num_classes: int,
+    patch_size: int | None = None,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    mlp_ratio: float | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``timm.create_model``; unset overrides keep the named model's value."""
+    overrides = dict(
+        patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio
+    )
+    config = {"img_size": img_size, "num_classes": num_classes, "drop_rate": drop_rate}
+    config["drop_path_rate"] = drop_path_rate
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    config.update(model_kwargs or {})
+    return config
+
+
+class ViTClassifier(pl.LightningModule):
+    """Image classifier around any timm ViT-family model (``vit_*``, ``deit_*``, …).
+
+    Args:
+        model_name: timm model name; the overrides below replace its architecture values.
+        img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio: architecture overrides.
+        drop_rate, drop_path_rate: dropout before the head and stochastic depth.
+        model_kwargs: any other ``timm.create_model`` keyword (e.g. ``global_pool``).
+        pretrained: local weights (timm .pth/.safetensors or a vit .ckpt); head and position
+            embeddings are adapted. Never downloads.
+        class_names, preprocessing: linked from the data by the CLI; stored in checkpoints.
+        num_classes: only needed when ``class_names`` is not given.
+        optimizer: timm optimizer name; weight decay skips norms, biases, pos-embed, cls-token.
+        lr, weight_decay: optimiser settings (lr is the peak after warmup).
+        warmup: fraction of the run (steps or time budget) spent in linear warmup.
+        min_lr_ratio: final LR as a fraction of ``lr`` at the end of the cosine.
+        label_smoothing: applied to hard and mixed targets alike.
+        mixup_alpha, cutmix_alpha, mixup_prob: timm Mixup/CutMix (off when both alphas are 0).
+        mixup_off: progress after which Mixup/CutMix is switched off.
+        ema_decay: keep a timm EMA of the weights (validated and exported instead of the raw ones).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "vit_tiny_patch16_224",
+        img_size: int = 224,
+        patch_size: int | None = None,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        model_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        class_names: list[str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        num_classes: int | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup: float = 0.05,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_off: float = 0.9,
+        ema_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if class_names is None and num_classes is None:
+            raise ValueError("model: give class_names (linked from the data) or num_classes")
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        n = len(self.class_names)
+        self.model_config = timm_config(
+            img_size, n, patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_rate, drop_path_rate, model_kwargs
+        )
+        self.net = timm.create_model(model_name, pretrained=False, **self.model_config)
+        if pretrained:
+            rank_zero_info(load_pretrained(self.net, Path(pretrained)))
+        self.ema = ModelEmaV3(self.net, decay=ema_decay, use_warmup=True) if ema_decay else None
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mixup_prob,
+                label_smoothing=label_smoothing,
+                num_classes=n,
+            )
+        self.soft_loss = SoftTargetCrossEntropy()
+        top5 = min(5, n)
+        self.val_acc1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes=n, top_k=top5, average="micro")
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=n)
+        self.test_acc1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes=n, top_k=top5, average="micro")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=n)
+
+    # -- model ---------------------------------------------------------------------------
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        """The weights that are validated and exported: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def progress(self) -> float:
+        """Fraction of the run done: the larger of steps/max-steps and time/time-budget."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0.0
+        fractions = []
+        total = trainer.estimated_stepping_batches
+        if total and total != float("inf"):
+            fractions.append(self.global_step / max(total, 1))
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        duration = getattr(timer, "_duration", None)
+        if duration:
+            fractions.append(timer.time_elapsed("train") / duration)
+        return min(max(fractions, default=0.0), 1.0)
+
+    # -- steps ---------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.mixup is not None and self.mixup.mixup_enabled and self.progress() >= self.hparams.mixup_off:
+            self.mixup.mixup_enabled = False
+        if self.mixup is not None and self.mixup.mixup_enabled and images.shape[0] % 2 == 0:
+            images, soft_targets = self.mixup(images, targets)
+            loss = self.soft_loss(self(images), soft_targets)
+        else:
+            loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.net, step=self.global_step)
+
+    def _evaluate(self, batch: Any, prefix: str) -> None:
+        images, targets = batch
+        logits = self.eval_net(images)
+        loss = F.cross_entropy(logits, targets)
+        acc1, acc5, confusion = (getattr(self, f"{prefix}_{m}") for m in ("acc1", "acc5", "confusion"))
+        acc1.update(logits, targets)
+        acc5.update(logits, targets)
+        confusion.update(logits, targets)
+        n = images.shape[0]
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log(f"{prefix}/acc1", acc1, prog_bar=True, batch_size=n)
+        self.log(f"{prefix}/acc5", acc5, batch_size=n)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _report(self, confusion_metric: MulticlassConfusionMatrix, stage: str) -> None:
+        confusion = confusion_metric.compute().cpu().numpy()
+        confusion_metric.reset()
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        rank_zero_info(format_per_class_table(confusion, self.class_names, title=f"{stage} per-class accuracy"))
+        if self.trainer.log_dir:
+            path = Path(self.trainer.log_dir) / f"confusion_matrix_{stage}.png"
+            write_confusion_matrix_png(confusion, self.class_names, path)
+            rank_zero_info(f"confusion matrix: {path}")
+
+    def on_validation_epoch_end(self) -> None:
+        self._report(self.val_confusion, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report(self.test_confusion, "test")
+
+    # -- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = create_optimizer_v2(self.net, opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = ProgressScheduler(optimizer, self.progress, hp.warmup, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint contract (read by vit.checkpoint without this class) --------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "labels": self.class_names,
+            "preprocessing": self.hparams.preprocessing,
+            "model": {"name": self.hparams.model_name, "config": self.model_config},
+            "weights": "ema" if self.ema is not None else "net",
+        }
