@@ -85,7 +85,9 @@ class ModelMetadata:
         try:
             version = int(values["schema_version"])
         except ValueError as exc:
-            raise MetadataError(f"{PREFIX}schema_version is not an integer: {values['schema_version']!r}") from exc
+            raise MetadataError(
+                f"{PREFIX}schema_version is not an integer: {values['schema_version']!r}"
+            ) from exc
         if version > SCHEMA_VERSION:
             raise MetadataError(
                 f"metadata schema version {version} is newer than this server understands ({SCHEMA_VERSION})"

@@ -166,7 +166,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         array = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(array, "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
         return _flatten_alpha(image)
     return image.convert("RGB")
 

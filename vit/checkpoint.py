@@ -33,7 +33,9 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not info:
-        raise ValueError(f"{path} is not a vit checkpoint (no '{CHECKPOINT_KEY}' entry); train it with `vit fit`")
+        raise ValueError(
+            f"{path} is not a vit checkpoint (no '{CHECKPOINT_KEY}' entry); train it with `vit fit`"
+        )
     config = dict(info["model"]["config"])
     config["drop_rate"] = config["drop_path_rate"] = 0.0
     net = timm.create_model(info["model"]["name"], pretrained=False, **config)

@@ -50,7 +50,9 @@ def run_lightning(argv: list[str]) -> int:
     class ViTCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument(
-                "--budget", type=str | None, default=None,
+                "--budget",
+                type=str | None,
+                default=None,
                 help="train for this long (e.g. 30m); the LR schedule is laid out over the budget",
             )
             parser.link_arguments("model.img_size", "data.img_size")
@@ -58,16 +60,19 @@ def run_lightning(argv: list[str]) -> int:
             parser.link_arguments("data.preprocessing_dict", "model.preprocessing", apply_on="instantiate")
             # `best` by val top-1 and `last`, in a fixed folder so `--ckpt_path last` finds them.
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({
-                "checkpoint.monitor": "val/acc1",
-                "checkpoint.mode": "max",
-                "checkpoint.filename": "best",
-                "checkpoint.save_last": True,
-                "checkpoint.enable_version_counter": False,
-                "trainer.default_root_dir": DEFAULT_ROOT,
-            })
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": "val/acc1",
+                    "checkpoint.mode": "max",
+                    "checkpoint.filename": "best",
+                    "checkpoint.save_last": True,
+                    "checkpoint.enable_version_counter": False,
+                    "trainer.default_root_dir": DEFAULT_ROOT,
+                }
+            )
             parser.link_arguments(
-                "trainer.default_root_dir", "checkpoint.dirpath",
+                "trainer.default_root_dir",
+                "checkpoint.dirpath",
                 compute_fn=lambda root: str(Path(root or DEFAULT_ROOT) / "checkpoints"),
             )
 
@@ -105,10 +110,15 @@ def _progress_bar() -> Any:
 
 def default_loggers(root: str) -> list[dict[str, Any]]:
     """CSV always; TensorBoard too when it is installed. Both under ``root/logs/version_N``."""
-    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "logs"}}]
+    loggers = [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "logs"}}
+    ]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         loggers.append(
-            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": root, "name": "logs"}}
+            {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": root, "name": "logs"},
+            }
         )
     return loggers
 

@@ -160,7 +160,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             samples, EvalTransform(self.preprocessing), self.hparams.max_pixels, self.preprocessing
         )
 
-    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Any = None, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, sampler: Any = None, drop_last: bool = False
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

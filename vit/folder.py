@@ -76,10 +76,7 @@ def stratified_split(
         paths = [str(p) for p in files[name]]
         random.Random(f"{seed}:{name}").shuffle(paths)
         n_val = round(len(paths) * val_fraction)
-        if len(paths) >= 2:
-            n_val = min(max(n_val, 1), len(paths) - 1)
-        else:
-            n_val = 0
+        n_val = min(max(n_val, 1), len(paths) - 1) if len(paths) >= 2 else 0
         val += [(p, index) for p in paths[:n_val]]
         train += [(p, index) for p in paths[n_val:]]
     return sorted(train), sorted(val)
@@ -149,7 +146,7 @@ def find_bad_images(
     """Decode every file once (threads: PIL releases the GIL); returns (path, reason) pairs."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         reasons = list(pool.map(lambda p: check_image(p, max_pixels), paths, chunksize=64))
-    return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
+    return [(path, reason) for path, reason in zip(paths, reasons, strict=True) if reason is not None]
 
 
 def drop_bad_images(splits: Splits, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 2) -> Splits:

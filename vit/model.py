@@ -104,7 +104,16 @@ class ViTClassifier(pl.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         n = len(self.class_names)
         self.model_config = timm_config(
-            img_size, n, patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_rate, drop_path_rate, model_kwargs
+            img_size,
+            n,
+            patch_size,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio,
+            drop_rate,
+            drop_path_rate,
+            model_kwargs,
         )
         self.net = timm.create_model(model_name, pretrained=False, **self.model_config)
         if pretrained:
@@ -194,7 +203,9 @@ class ViTClassifier(pl.LightningModule):
         confusion_metric.reset()
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        rank_zero_info(format_per_class_table(confusion, self.class_names, title=f"{stage} per-class accuracy"))
+        rank_zero_info(
+            format_per_class_table(confusion, self.class_names, title=f"{stage} per-class accuracy")
+        )
         if self.trainer.log_dir:
             path = Path(self.trainer.log_dir) / f"confusion_matrix_{stage}.png"
             write_confusion_matrix_png(confusion, self.class_names, path)

@@ -17,12 +17,14 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
         return np.where(totals > 0, np.diag(confusion) / np.maximum(totals, 1), np.nan)
 
 
-def format_per_class_table(confusion: np.ndarray, class_names: list[str], title: str = "per-class accuracy") -> str:
+def format_per_class_table(
+    confusion: np.ndarray, class_names: list[str], title: str = "per-class accuracy"
+) -> str:
     accuracy = per_class_accuracy(confusion)
     totals = confusion.sum(axis=1)
     width = max([len(n) for n in class_names] + [5])
     lines = [title, f"  {'class':<{width}}  {'n':>6}  {'acc':>6}"]
-    for name, n, acc in zip(class_names, totals, accuracy):
+    for name, n, acc in zip(class_names, totals, accuracy, strict=True):
         shown = "   n/a" if np.isnan(acc) else f"{100 * acc:5.1f}%"
         lines.append(f"  {name:<{width}}  {int(n):>6}  {shown}")
     overall = np.trace(confusion) / max(confusion.sum(), 1)
@@ -58,7 +60,9 @@ def render_confusion_matrix(confusion: np.ndarray, class_names: list[str], cell:
         for j in range(n):
             shade = int(255 * (1 - rows[i, j]))
             x0, y0 = label_w + j * cell, label_w + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(220, 220, 220))
+            draw.rectangle(
+                [x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(220, 220, 220)
+            )
             if cell >= 22 and confusion[i, j]:
                 colour = "white" if rows[i, j] > 0.5 else "black"
                 draw.text((x0 + 2, y0 + cell // 3), str(int(confusion[i, j])), fill=colour, font=font)
