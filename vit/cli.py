@@ -8,6 +8,7 @@ imported only when called (``vit serve`` never imports torch).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -84,28 +85,20 @@ def run_lightning(argv: list[str]) -> int:
                 trainer.max_epochs = -1 if trainer.max_epochs in (None, 1000) else trainer.max_epochs
             if trainer.logger in (None, True):
                 trainer.logger = default_loggers(trainer.default_root_dir or DEFAULT_ROOT)
+            if trainer.enable_progress_bar is not False and importlib.util.find_spec("rich"):
+                bar = {"class_path": "lightning.pytorch.callbacks.RichProgressBar"}
+                trainer.callbacks = [*(trainer.callbacks or []), bar]
 
     ViTCLI(
         ViTClassifier,
         ImageFolderDataModule,
         args=argv,
-        trainer_defaults={"callbacks": [_progress_bar()], "max_epochs": 100},
+        trainer_defaults={"max_epochs": 100},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": False},
         seed_everything_default=0,
     )
     return 0
-
-
-def _progress_bar() -> Any:
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-
-    try:
-        import rich  # noqa: F401
-
-        return RichProgressBar()
-    except ImportError:
-        return TQDMProgressBar()
 
 
 def default_loggers(root: str) -> list[dict[str, Any]]:
