@@ -1,0 +1,138 @@
+"""The servers `scripts/bench_serve.py` compares `vit serve` with, each on the same ONNX model.
+
+    python scripts/bench_peers.py naive    MODEL --port 8101   # FastAPI + onnxruntime, one image per call
+    python scripts/bench_peers.py torch    MODEL --port 8102   # FastAPI + timm/torch eager (imports torch)
+    python scripts/bench_peers.py litserve MODEL --port 8103 [--max-batch-size 32 --batch-timeout 0.005]
+
+Every server answers ``POST /predict`` with a multipart ``file`` (the same request bytes the
+benchmark sends to `vit serve`), decodes and preprocesses with ``serve.preprocess`` (the same
+definition), and returns the top-5 as JSON. They are written the way each framework's
+documentation shows, without tuning: the point is what a user gets from each.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+import numpy as np
+from fastapi import FastAPI, File, UploadFile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serve.engine import softmax  # noqa: E402
+from serve.metadata import ModelMetadata  # noqa: E402
+from serve.preprocess import decode_image  # noqa: E402
+
+
+def top5(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    probs = softmax(logits[None])[0]
+    return [{"label": labels[i], "index": int(i), "score": float(probs[i])} for i in np.argsort(-probs)[:5]]
+
+
+def load_onnx(path: str) -> tuple[Any, ModelMetadata]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(
+        os.sched_getaffinity(0)
+    )  # what the default gives on a machine this size
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return session, ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+
+
+def naive_app(model: str) -> Any:
+    """The tutorial server: a sync endpoint (FastAPI's thread pool), one session.run per request."""
+    session, meta = load_onnx(model)
+    input_name = session.get_inputs()[0].name
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        image = decode_image(file.file.read(), preprocessing=meta.preprocessing)
+        logits = session.run(None, {input_name: meta.preprocessing(image)[None]})[0][0]
+        return {"predictions": top5(logits, meta.labels)}
+
+    return app
+
+
+def torch_app(model: str) -> Any:
+    """FastAPI + timm eager: the deployment without an export step (random weights, same architecture)."""
+    import onnxruntime as ort
+    import timm
+    import torch
+
+    meta = ModelMetadata.from_props(ort.InferenceSession(model).get_modelmeta().custom_metadata_map)
+    config = {k: v for k, v in meta.model_config.items() if k not in ("num_classes", "pretrained")}
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    net = timm.create_model(meta.model_name, pretrained=False, num_classes=len(meta.labels), **config).eval()
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        image = decode_image(file.file.read(), preprocessing=meta.preprocessing)
+        with torch.inference_mode():
+            logits = net(torch.from_numpy(meta.preprocessing(image)[None]))[0].numpy()
+        return {"predictions": top5(logits, meta.labels)}
+
+    return app
+
+
+class OnnxAPI(ls.LitAPI):
+    """LitServe's documented pattern: setup / decode_request / batch / predict / unbatch / encode_response."""
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def setup(self, device: str) -> None:
+        self.session, self.meta = load_onnx(self.model)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def decode_request(self, request):  # noqa: ANN001 (unannotated: LitServe then passes the form)
+        data = request["file"].file.read()
+        return self.meta.preprocessing(decode_image(data, preprocessing=self.meta.preprocessing))
+
+    def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return np.stack(inputs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x if x.ndim == 4 else x[None]})[0]
+
+    def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
+        return list(output)
+
+    def encode_response(self, output: np.ndarray) -> dict[str, Any]:
+        return {"predictions": top5(output.reshape(-1, output.shape[-1])[0], self.meta.labels)}
+
+
+def run_litserve(model: str, port: int, max_batch_size: int, batch_timeout: float) -> None:
+    api = OnnxAPI(model, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
+    server.run(
+        host="127.0.0.1", port=port, num_api_servers=1, generate_client_file=False, log_level="warning"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["naive", "torch", "litserve"])
+    parser.add_argument("model")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-batch-size", type=int, default=1)
+    parser.add_argument("--batch-timeout", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    if args.kind == "litserve":
+        run_litserve(args.model, args.port, args.max_batch_size, args.batch_timeout)
+        return 0
+    import uvicorn
+
+    app = naive_app(args.model) if args.kind == "naive" else torch_app(args.model)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Serving benchmark: `vit serve` against raw onnxruntime and the servers users pick instead.
+
+    python scripts/bench_serve.py MODEL IMAGES_DIR [--make-model] [--duration 8] [--requests 10000]
+
+MODEL is a `vit export` ONNX file (``--make-model`` writes a randomly initialised timm
+vit_tiny_patch16_224 there first, with its ``.int8.onnx`` sibling: enough for speed).
+IMAGES_DIR holds JPEGs, e.g. CIFAR-10's test split (``unzip -q ../shared/data/cifar10-jpeg.zip
+-d ~/.cache/vit-data``; IMAGES_DIR ``~/.cache/vit-data/cifar10/test``). They are upscaled to
+~320 px JPEGs in a cache folder and posted as multipart ``file`` bodies, the same bytes to
+every server, by `wrk` (Debian's; a separate, low-overhead process) at each concurrency.
+In one run, interleaved by concurrency (the servers not being measured are paused with
+SIGSTOP): raw onnxruntime (batch sweep 1-32, before and after), `vit serve` (fp32 and int8),
+LitServe with batching on and off, a naive FastAPI + onnxruntime server and FastAPI + torch
+eager (``scripts/bench_peers.py``). Then `vit serve`'s resident memory over
+``--requests`` requests (a fifth of them malformed) and the disk size of a serving-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_load import CACHE, PIN, prepare_images, write_manifest, wrk  # noqa: E402
+
+from serve.engine import Engine  # noqa: E402
+from serve.preprocess import decode_image  # noqa: E402
+
+CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_model(path: Path) -> None:
+    """Random-init vit_tiny_patch16_224 through the real exporter (fp32 + int8): for speed only."""
+    import timm
+
+    from serve.preprocess import Preprocessing
+    from vit.export import export_net
+
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=len(CIFAR_LABELS))
+    pre = Preprocessing(input_size=(224, 224), crop_pct=0.9, mean=(0.5,) * 3, std=(0.5,) * 3)
+    export_net(
+        net, path, labels=CIFAR_LABELS, preprocessing=pre, model_name="vit_tiny_patch16_224", quantize="int8"
+    )
+
+
+def raw_ort(model: Path, images: list[bytes], cpus: set[int] | None) -> dict[str, Any]:
+    """Inference alone on preprocessed arrays (the server's session options), batch sweep 1-32."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # the servers' cores; the engine sizes its threads from this
+    engine = Engine(model, device="cpu")
+    pre = engine.metadata.preprocessing
+    start = time.perf_counter()
+    arrays = [pre(decode_image(d, preprocessing=pre)) for d in images]
+    decode_ms = (time.perf_counter() - start) / len(images) * 1000
+    engine.warmup(32)
+    sweep = {}
+    for batch in (1, 2, 4, 8, 16, 32):
+        x = np.stack([arrays[i % len(arrays)] for i in range(batch)])
+        engine.infer(x)
+        runs, start = 0, time.perf_counter()
+        while runs * batch < 96 or time.perf_counter() - start < 2:
+            engine.infer(x)
+            runs += 1
+        sweep[batch] = runs * batch / (time.perf_counter() - start)
+    one = np.stack(arrays[:1])
+    latencies = []
+    for _ in range(30):
+        t = time.perf_counter()
+        engine.infer(one)
+        latencies.append((time.perf_counter() - t) * 1000)
+    return {
+        "sweep": sweep,
+        "best": max(sweep.values()),
+        "b1_ms": statistics.median(latencies),
+        "decode_ms": decode_ms,
+    }
+
+
+def start(name: str, command: list[str], port: int, ready_path: str) -> subprocess.Popen:
+    log = open(CACHE / f"{name}.log", "w")  # noqa: SIM115 (kept open for the process's life)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(  # own process group: paused and resumed as a whole
+        [*PIN["server"], *command],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited; see {CACHE / (name + '.log')}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{name} did not become ready")
+
+
+def signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    """Signal a server and its children (LitServe's workers), e.g. SIGSTOP while others are measured:
+    an idle LitServe polls its queues (7.7 % of 2 cores measured), which would tax whoever runs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_run(url: str, manifest: Path, pid: int, requests: int) -> dict[str, Any]:
+    """RSS sampled after each phase until ``requests`` requests (malformed included) were served."""
+    samples, served, non_2xx = [rss_mb(pid)], 0, 0
+    while served < requests:
+        result = wrk(url, manifest, 8, 5)
+        served += result["requests"]
+        non_2xx += result["non_2xx"]
+        samples.append(rss_mb(pid))
+    return {"requests": served, "non_2xx": non_2xx, "rss_mb": samples}
+
+
+def install_size() -> float:
+    """MB on disk of `pip install` of the project without extras (the serving deployment)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "site"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), str(ROOT)],
+            check=True,
+            capture_output=True,
+        )
+        return sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("images_dir", type=Path)
+    parser.add_argument(
+        "--make-model", action="store_true", help="write a random vit_tiny 224 to MODEL if missing"
+    )
+    parser.add_argument(
+        "--int8", type=Path, help="int8 model (default: MODEL's .int8.onnx sibling if present)"
+    )
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--images", type=int, default=64, help="distinct images posted")
+    parser.add_argument("--size", type=int, default=320, help="short side of the posted JPEGs")
+    parser.add_argument("--requests", type=int, default=10_000, help="requests in the memory run (0: skip)")
+    parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out (e.g. torch litserve)")
+    parser.add_argument("--no-install-size", action="store_true")
+    parser.add_argument(
+        "--server-cpus", help="pin servers and raw ORT to these cores (taskset list, e.g. 0,1)"
+    )
+    parser.add_argument("--client-cpus", help="pin the load generator to these cores (e.g. 2,3)")
+    parser.add_argument("--out", type=Path, default=CACHE / "bench_serve.json")
+    args = parser.parse_args(argv)
+    cpus = {int(c) for c in args.server_cpus.split(",")} if args.server_cpus else None
+    PIN["server"] = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
+    PIN["client"] = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    if args.make_model and not args.model.exists():
+        make_model(args.model)
+    int8 = args.int8 or args.model.with_name(args.model.name.removesuffix(".onnx") + ".int8.onnx")
+    images = prepare_images(args.images_dir.expanduser(), args.images, args.size)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    serve_cmd = [python, "-m", "serve", "--device", "cpu", "--log-level", "warning", "--no-access-log"]
+    systems: dict[str, tuple[list[str], int, str, str]] = {
+        "vit serve": ([*serve_cmd, str(args.model), "--port", "8110"], 8110, "/v1/classify", "/readyz"),
+        "vit serve int8": ([*serve_cmd, str(int8), "--port", "8111"], 8111, "/v1/classify", "/readyz"),
+        "LitServe batch": (
+            [
+                python,
+                "scripts/bench_peers.py",
+                "litserve",
+                str(args.model),
+                "--port",
+                "8112",
+                "--max-batch-size",
+                "32",
+                "--batch-timeout",
+                "0.005",
+            ],
+            8112,
+            "/predict",
+            "/health",
+        ),
+        "LitServe no batch": (
+            [python, "scripts/bench_peers.py", "litserve", str(args.model), "--port", "8113"],
+            8113,
+            "/predict",
+            "/health",
+        ),
+        "FastAPI+ORT naive": (
+            [python, "scripts/bench_peers.py", "naive", str(args.model), "--port", "8114"],
+            8114,
+            "/predict",
+            "/docs",
+        ),
+        "FastAPI+torch eager": (
+            [python, "scripts/bench_peers.py", "torch", str(args.model), "--port", "8115"],
+            8115,
+            "/predict",
+            "/docs",
+        ),
+    }
+    skip = {s.lower() for s in args.skip}
+    systems = {k: v for k, v in systems.items() if not any(s in k.lower() for s in skip)}
+    if not int8.exists():
+        systems.pop("vit serve int8", None)
+
+    results: dict[str, Any] = {
+        "model": str(args.model),
+        "cpus": args.server_cpus or os.cpu_count(),
+        "load": os.getloadavg(),
+    }
+    print(f"raw onnxruntime on {args.model.name} ...", flush=True)
+    results["raw_before"] = raw_ort(args.model, images, cpus)
+    processes = {}
+    try:
+        for name, (command, port, _, ready) in systems.items():
+            processes[name] = start(name.replace(" ", "_"), command, port, ready)
+            if name.startswith("vit serve"):  # the batch size its warm-up measured as fastest
+                described = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=10).json()
+                results.setdefault("run_batch_size", {})[name] = described["run_batch_size"]
+            signal_group(processes[name], signal.SIGSTOP)
+        manifests = {
+            name: write_manifest(name.replace(" ", "_"), path, images)
+            for name, (_, _, path, _) in systems.items()
+        }
+        for concurrency in args.concurrency:
+            for name, (_, port, _, _) in systems.items():  # interleaved: every system at this c, in turn
+                url = f"http://127.0.0.1:{port}"
+                signal_group(processes[name], signal.SIGCONT)
+                wrk(url, manifests[name], concurrency, 2)  # warm-up
+                result = wrk(url, manifests[name], concurrency, args.duration)
+                signal_group(processes[name], signal.SIGSTOP)
+                results.setdefault("servers", {}).setdefault(name, {})[concurrency] = result
+                args.out.write_text(json.dumps(results, indent=1))  # partial results survive a cut-off run
+                print(
+                    f"{name:22s} c={concurrency:<3d} {result['rps']:7.1f} req/s  p50 {result['p50_us'] / 1000:7.1f} ms"
+                    f"  p99 {result['p99_us'] / 1000:7.1f} ms  non-2xx {result['non_2xx']}",
+                    flush=True,
+                )
+        if args.requests and "vit serve" in processes:
+            bad = write_manifest("memory", "/v1/classify", images, malformed=True)
+            signal_group(processes["vit serve"], signal.SIGCONT)
+            results["memory"] = memory_run(
+                "http://127.0.0.1:8110", bad, processes["vit serve"].pid, args.requests
+            )
+            print(f"memory: {results['memory']}", flush=True)
+    finally:
+        for process in processes.values():
+            signal_group(process, signal.SIGCONT)
+            signal_group(process, signal.SIGTERM)
+        for process in processes.values():
+            process.wait(30)
+    results["raw_after"] = raw_ort(args.model, images, cpus)
+    if not args.no_install_size:
+        results["install_mb"] = install_size()
+    args.out.write_text(json.dumps(results, indent=1))
+    report(results)
+    return 0
+
+
+def report(results: dict[str, Any]) -> None:
+    raw = max(results["raw_before"]["best"], results["raw_after"]["best"])
+    servers = results.get("servers", {})
+    print(
+        "\nraw onnxruntime img/s by batch:",
+        {b: round(v, 1) for b, v in results["raw_before"]["sweep"].items()},
+        "then",
+        {b: round(v, 1) for b, v in results["raw_after"]["sweep"].items()},
+    )
+    print("vit serve run_batch_size (measured at warm-up):", results.get("run_batch_size"))
+    print(
+        f"best raw ORT {raw:.1f} img/s; b1 latency {results['raw_before']['b1_ms']:.1f} ms; "
+        f"decode+preprocess {results['raw_before']['decode_ms']:.1f} ms/image"
+    )
+    print(
+        "\n| system | c | req/s | x raw ORT | p50 ms | p95 ms | p99 ms | p99/p50 |\n|---|---|---|---|---|---|---|---|"
+    )
+    for name, by_c in servers.items():
+        for c, r in by_c.items():
+            print(
+                f"| {name} | {c} | {r['rps']:.1f} | {r['rps'] / raw:.2f} | {r['p50_us'] / 1e3:.1f} | "
+                f"{r['p95_us'] / 1e3:.1f} | {r['p99_us'] / 1e3:.1f} | {r['p99_us'] / max(r['p50_us'], 1):.2f} |"
+            )
+    ours = servers.get("vit serve", {})
+    top = max(ours) if ours else None
+    if top is not None:
+        peers = {
+            n: by_c[top]["rps"]
+            for n, by_c in servers.items()
+            if not n.startswith("vit serve") and top in by_c
+        }
+        ratios = ", ".join(f"{n} {ours[top]['rps'] / v:.2f}x" for n, v in peers.items())
+        print(
+            f"\ntargets at c={top}: throughput {ours[top]['rps'] / raw:.2f}x raw ORT (>= 0.95); "
+            f"vs peers {ratios} (>= 1); p99/p50 {ours[top]['p99_us'] / ours[top]['p50_us']:.2f} (<= 1.3)"
+        )
+        if "FastAPI+torch eager" in peers and "vit serve int8" in servers:
+            print(
+                f"int8 vs torch eager: {servers['vit serve int8'][top]['rps'] / peers['FastAPI+torch eager']:.2f}x (>= 2.5)"
+            )
+    if 1 in ours:
+        budget = results["raw_before"]["b1_ms"] + results["raw_before"]["decode_ms"]
+        print(
+            f"c=1 p50 {ours[1]['p50_us'] / 1e3:.1f} ms vs ORT b1 + decode {budget:.1f} ms "
+            f"(+{ours[1]['p50_us'] / 1e3 - budget:.1f} ms; target <= 3)"
+        )
+    if "memory" in results:
+        rss = results["memory"]["rss_mb"]
+        print(
+            f"RSS over {results['memory']['requests']} requests ({results['memory']['non_2xx']} malformed): "
+            f"first {rss[0]:.0f} MB, last {rss[-1]:.0f} MB, min {min(rss):.0f}, max {max(rss):.0f} (< 500, flat +-50)"
+        )
+    if "install_mb" in results:
+        print(f"serving-only install: {results['install_mb']:.0f} MB (< 300)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

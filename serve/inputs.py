@@ -1,0 +1,111 @@
+"""Request bodies -> image bytes -> model input: content types, limits, per-file error names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import Request
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from serve.errors import ApiError
+from serve.preprocess import ImageError, ImageTooLargeError, Preprocessing, decode_image
+
+FILE_FIELDS = ("file", "files")
+# What /docs shows as the request body of /v1/classify and /v1/explain.
+IMAGE_BODY_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+
+
+@dataclass
+class Prepared:
+    """One decoded image: model input, and for explanations the picture and crop region."""
+
+    array: np.ndarray
+    image: Image.Image | None = None
+    crop_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+
+async def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool]:
+    """The images of a request and whether the answer is a list (several, or field ``files``)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        body = await request.body()
+        if not body:
+            raise ApiError(400, "empty_body", "request body is empty: send the image bytes")
+        return [Upload("body", body)], False
+    if content_type == "multipart/form-data":
+        form = await request.form()
+        try:
+            parts = [(k, v) for k, v in form.multi_items() if k in FILE_FIELDS and isinstance(v, UploadFile)]
+            if not parts:
+                raise ApiError(422, "missing_file", "multipart body has no file in field 'file' or 'files'")
+            if len(parts) > max_images:
+                raise ApiError(
+                    413, "too_many_images", f"{len(parts)} images in one request; the limit is {max_images}"
+                )
+            uploads = [
+                Upload(v.filename or f"file {i + 1}", await v.read()) for i, (_, v) in enumerate(parts)
+            ]
+        finally:
+            await form.close()
+        many = len(uploads) > 1 or any(k == "files" for k, _ in parts)
+        return uploads, many
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {content_type or '(none)'} is not supported: send the image as the body with "
+        "Content-Type image/* or application/octet-stream, or as multipart/form-data field 'file'/'files'",
+    )
+
+
+def crop_box(preprocessing: Preprocessing, width: int, height: int) -> tuple[float, float, float, float]:
+    """The centre crop the model sees, as fractions (left, top, right, bottom) of the image."""
+    resized_w, resized_h = preprocessing.resized_size(width, height)
+    crop_h, crop_w = preprocessing.input_size
+    top = int(round((resized_h - crop_h) / 2.0))  # same rounding as Preprocessing.resize_and_crop
+    left = int(round((resized_w - crop_w) / 2.0))
+    return (
+        max(left, 0) / resized_w,
+        max(top, 0) / resized_h,
+        min(left + crop_w, resized_w) / resized_w,
+        min(top + crop_h, resized_h) / resized_h,
+    )
+
+
+def prepare(upload: Upload, preprocessing: Preprocessing, max_pixels: int, keep_image: bool) -> Prepared:
+    """Decode and preprocess one upload (runs in the preprocessing thread pool)."""
+    try:
+        image = decode_image(upload.data, max_pixels=max_pixels, preprocessing=preprocessing)
+    except ImageError as exc:
+        # decode_image names bytes "image"; name the upload the client knows instead.
+        message = str(exc).removeprefix("image: ")
+        kind = ImageTooLargeError if isinstance(exc, ImageTooLargeError) else ImageError
+        raise kind(f"{upload.name}: {message}") from exc
+    array = preprocessing(image)
+    if not keep_image:
+        return Prepared(array)
+    return Prepared(array, image, crop_box(preprocessing, *image.size))

@@ -1,0 +1,279 @@
+"""serve/batcher.py: batch formation, result routing, bounded queue, errors, engines, drain.
+
+A fake engine blocks its first call on an event, so later submissions pile up in the queue
+deterministically (no sleeps); batch sizes are then read from what the engine saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serve.batcher import Batcher, OverloadedError
+from serve.engine import Outputs
+
+
+class FakeEngine:
+    """Logits = [value, -value] of each image's scalar; records batch sizes; can block."""
+
+    run_batch_size: int | None = None
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[float]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail = fail
+
+    def infer(self, batch: np.ndarray, with_attention: bool = False) -> Outputs:
+        self.entered.set()
+        self.gate.wait(10)
+        self.calls.append([float(x) for x in batch[:, 0]])
+        if self.fail:
+            raise RuntimeError("model exploded")
+        logits = np.stack([batch[:, 0], -batch[:, 0]], axis=1)
+        attention = np.repeat(batch[:, :1, None], 2, axis=2) if with_attention else None
+        return Outputs(logits=logits, attention=attention)
+
+
+def item(value: float) -> np.ndarray:
+    return np.array([value], np.float32)
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def wait_entered(engine: FakeEngine) -> None:
+    await asyncio.to_thread(engine.entered.wait, 10)
+
+
+def test_results_are_routed_to_their_requests() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        batcher = Batcher(max_batch_size=8, max_wait_ms=50)
+        batcher.start()
+        answers = await asyncio.gather(*(batcher.submit(engine, [item(v)]) for v in range(6)))
+        for value, (result,) in enumerate(answers):
+            assert result.logits.tolist() == [value, -value]
+            assert result.engine is engine
+        await batcher.stop()
+
+    run(main())
+
+
+def test_queue_fills_while_a_batch_runs_and_respects_max_batch() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.gate.clear()
+        batches: list[int] = []
+        batcher = Batcher(max_batch_size=4, max_wait_ms=0, on_batch=batches.append)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(engine, [item(0)]))
+        await wait_entered(engine)  # the first batch is running; the rest must queue
+        rest = [asyncio.ensure_future(batcher.submit(engine, [item(v)])) for v in range(1, 11)]
+        await asyncio.sleep(0)
+        assert batcher.depth == 11
+        engine.gate.set()
+        await asyncio.gather(first, *rest)
+        assert batches == [1, 4, 4, 2]
+        assert [v for call in engine.calls for v in call] == list(range(11))  # queue order kept
+        assert batcher.depth == 0
+        await batcher.stop()
+
+    run(main())
+
+
+def test_batches_run_in_chunks_of_the_engine_run_batch_size() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.run_batch_size = 2
+        batches: list[int] = []
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0, on_batch=batches.append)
+        batcher.start()
+        results = await batcher.submit(engine, [item(v) for v in range(5)])
+        assert batches == [5] and engine.calls == [[0.0, 1.0], [2.0, 3.0], [4.0]]
+        assert [r.logits[0] for r in results] == [0, 1, 2, 3, 4]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_a_lone_request_does_not_wait_but_announced_ones_are_awaited() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        batches: list[int] = []
+        batcher = Batcher(max_batch_size=4, max_wait_ms=60_000, on_batch=batches.append)
+        batcher.start()
+        await batcher.submit(engine, [item(1)])  # nothing else announced: runs at once
+        assert batches == [1]
+
+        async def announced(value: float) -> None:
+            with batcher.incoming(1):
+                await asyncio.sleep(0)  # "decoding"
+            await batcher.submit(engine, [item(value)])
+
+        with batcher.incoming(1):  # a second image is being decoded: the batch waits for it
+            first = asyncio.ensure_future(batcher.submit(engine, [item(2)]))
+            for _ in range(5):
+                await asyncio.sleep(0)  # the batcher takes image 2 and waits for the announced one
+            second = asyncio.ensure_future(batcher.submit(engine, [item(3)]))
+            await asyncio.sleep(0)  # image 3 is queued before the announcement ends
+        await asyncio.gather(first, second)
+        assert batches == [1, 2]
+        await asyncio.gather(*(announced(v) for v in (4, 5, 6)))
+        assert sum(batches) == 6
+        await batcher.stop()
+
+    run(main())
+
+
+def test_announcing_more_than_the_queue_holds_is_refused() -> None:
+    batcher = Batcher(max_queue=2)
+    with batcher.incoming(2), pytest.raises(OverloadedError), batcher.incoming(1):
+        pass
+    with batcher.incoming(2):  # the refused announcement left nothing behind
+        pass
+
+
+def test_a_full_batch_does_not_wait_for_the_deadline() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        batches: list[int] = []
+        batcher = Batcher(max_batch_size=3, max_wait_ms=60_000, on_batch=batches.append)
+        batcher.start()
+        await batcher.submit(engine, [item(1), item(2), item(3)])  # would hang if it waited
+        assert batches == [3]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_bounded_queue_rejects_whole_requests() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.gate.clear()
+        batcher = Batcher(max_batch_size=1, max_wait_ms=0, max_queue=3)
+        batcher.start()
+        held = asyncio.ensure_future(batcher.submit(engine, [item(0), item(1)]))
+        await wait_entered(engine)
+        with pytest.raises(OverloadedError):
+            await batcher.submit(engine, [item(2), item(3)])  # 2 + 2 > 3: none of it is queued
+        engine.gate.set()
+        await held
+        assert engine.calls == [[0.0], [1.0]]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_model_error_fails_that_batch_only() -> None:
+    async def main() -> None:
+        broken, healthy = FakeEngine(fail=True), FakeEngine()
+        batcher = Batcher(max_batch_size=4, max_wait_ms=1)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="model exploded"):
+            await batcher.submit(broken, [item(1)])
+        (result,) = await batcher.submit(healthy, [item(2)])
+        assert result.logits.tolist() == [2, -2]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_cancelled_requests_are_skipped() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.gate.clear()
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(engine, [item(0)]))
+        await wait_entered(engine)
+        gone = asyncio.ensure_future(batcher.submit(engine, [item(99)]))
+        kept = asyncio.ensure_future(batcher.submit(engine, [item(5)]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        engine.gate.set()
+        await asyncio.gather(first, kept)
+        assert 99.0 not in [v for call in engine.calls for v in call]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_batches_never_mix_engines() -> None:
+    async def main() -> None:
+        old, new = FakeEngine(), FakeEngine()
+        old.gate.clear()
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(old, [item(0)]))
+        await wait_entered(old)
+        queued = [
+            asyncio.ensure_future(batcher.submit(e, [item(v)])) for v, e in enumerate([old, new, old], 1)
+        ]
+        await asyncio.sleep(0)
+        old.gate.set()
+        results = await asyncio.gather(first, *queued)
+        assert [r[0].engine for r in results] == [old, old, new, old]
+        assert old.calls == [[0.0], [1.0], [3.0]] and new.calls == [[2.0]]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_attention_rows_follow_their_images() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        batcher = Batcher(max_batch_size=4, max_wait_ms=20)
+        batcher.start()
+        a, b = await asyncio.gather(
+            batcher.submit(engine, [item(3)], with_attention=True), batcher.submit(engine, [item(7)])
+        )
+        assert a[0].attention.tolist() == [[3.0, 3.0]]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_stop_drains_queued_work() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.gate.clear()
+        batcher = Batcher(max_batch_size=2, max_wait_ms=0)
+        batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(engine, [item(v)])) for v in range(5)]
+        await wait_entered(engine)
+        stopping = asyncio.ensure_future(batcher.stop(timeout=10))
+        await asyncio.sleep(0)
+        engine.gate.set()
+        await stopping
+        assert all(task.done() and not task.exception() for task in pending)
+
+    run(main())
+
+
+def test_the_loop_survives_its_own_errors() -> None:
+    calls: list[int] = []
+
+    def flaky_callback(size: int) -> None:
+        calls.append(size)
+        if len(calls) == 1:
+            raise ValueError("metrics backend down")
+
+    async def main() -> None:
+        engine = FakeEngine()
+        batcher = Batcher(max_batch_size=4, max_wait_ms=0, on_batch=flaky_callback)
+        batcher.start()
+        with pytest.raises(ValueError, match="metrics backend down"):
+            await batcher.submit(engine, [item(1)])
+        (result,) = await batcher.submit(engine, [item(2)])
+        assert result.logits.tolist() == [2, -2]
+        await batcher.stop()
+
+    run(main())

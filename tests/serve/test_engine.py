@@ -1,0 +1,125 @@
+"""serve/engine.py: loading, metadata, inference, attention, top-k and load errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serve.engine import Engine, EngineError, choose_providers, softmax, top_k
+from serve.preprocess import decode_image
+from tests.serve.conftest import GRID, LABELS, SIZE, build_model, image_bytes
+
+
+def preprocessed(engine: Engine, *colours: str) -> np.ndarray:
+    pre = engine.metadata.preprocessing
+    return np.stack([pre(decode_image(image_bytes(c))) for c in colours])
+
+
+def test_loads_metadata_and_io(tiny_model: Path) -> None:
+    engine = Engine(tiny_model, device="cpu", threads=1)
+    assert engine.labels == LABELS
+    assert engine.input_name == "images"
+    assert engine.input_shape == (3, SIZE, SIZE)
+    assert engine.providers[0] == "CPUExecutionProvider"
+    assert not engine.has_attention
+    described = engine.describe()
+    assert described["labels"] == LABELS and described["input_size"] == [SIZE, SIZE]
+    assert len(described["file_sha256"]) == 64 and described["provider"] == "CPUExecutionProvider"
+
+
+def test_session_options_spin_off_and_threads(tiny_model: Path) -> None:
+    engine = Engine(tiny_model, device="cpu", threads=1)
+    options = engine.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 1
+
+
+def test_infer_matches_the_graph_arithmetic(tiny_model: Path) -> None:
+    engine = Engine(tiny_model, device="cpu", threads=1)
+    batch = preprocessed(engine, "cat", "dog", "bird")
+    logits = engine.infer(batch).logits
+    weight = np.zeros((3, 3), np.float32)
+    np.fill_diagonal(weight, 4.0)
+    np.testing.assert_allclose(logits, batch.mean(axis=(2, 3)) @ weight, rtol=1e-5, atol=1e-5)
+    assert [int(i) for i in logits.argmax(axis=1)] == [0, 1, 2]
+
+
+def test_attention_only_when_asked(attention_model: Path) -> None:
+    engine = Engine(attention_model, device="cpu", threads=1)
+    batch = preprocessed(engine, "cat", "dog")
+    assert engine.has_attention and engine.infer(batch).attention is None
+    attention = engine.infer(batch, with_attention=True).attention
+    assert attention.shape == (2, GRID, GRID)
+    np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+
+
+def test_static_batch_is_padded_and_trimmed(model_dir: Path) -> None:
+    engine = Engine(build_model(model_dir / "static.onnx", static_batch=4), device="cpu", threads=1)
+    assert engine.run_batch_size == 4
+    assert engine.infer(preprocessed(engine, "bird", "cat")).logits.argmax(axis=1).tolist() == [2, 0]
+    engine.warmup(32)  # must not ask for a batch larger than the file allows
+    assert engine.run_batch_size == 4
+
+
+def test_run_batch_size_is_measured_or_given(tiny_model: Path) -> None:
+    engine = Engine(tiny_model, device="cpu", threads=1)
+    engine.warmup(8)
+    assert engine.run_batch_size in (1, 2, 4, 8)
+    engine.warmup(8, run_batch_size=3)
+    assert engine.run_batch_size == 3
+    engine.warmup(2, run_batch_size=16)
+    assert engine.run_batch_size == 2  # never more than the batcher's largest batch
+
+
+def test_top_k_sorted_clamped_and_stable() -> None:
+    logits = np.array([1000.0, 1002.0, 999.0], np.float32)  # softmax must not overflow
+    predictions = top_k(logits, LABELS, 10)
+    assert [p.label for p in predictions] == ["dog", "cat", "bird"]
+    scores = [p.score for p in predictions]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0)
+    assert len(top_k(logits, LABELS, 1)) == 1
+    assert np.isfinite(softmax(logits[None])).all()
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="missing.onnx: no such model file"):
+        Engine(tmp_path / "missing.onnx")
+
+
+def test_corrupt_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(b"not an onnx file")
+    with pytest.raises(EngineError, match="corrupt.onnx: onnxruntime cannot load it"):
+        Engine(path)
+
+
+def test_file_without_vit_metadata_says_how_to_export(model_dir: Path) -> None:
+    path = build_model(model_dir / "plain.onnx", metadata=False)
+    with pytest.raises(EngineError, match="vit export"):
+        Engine(path)
+
+
+def test_labels_must_match_outputs(model_dir: Path) -> None:
+    path = build_model(model_dir / "four.onnx", labels=["a", "b", "c", "d"])
+    engine = Engine(path)
+    assert len(engine.labels) == 4  # consistent file loads
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "vit.labels":
+            prop.value = '["a", "b"]'
+    broken = model_dir / "broken_labels.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(EngineError, match="4 outputs but 2 labels"):
+        Engine(broken)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")
+def test_cuda_without_provider_is_a_clear_error() -> None:
+    with pytest.raises(EngineError, match="onnxruntime-gpu"):
+        choose_providers("cuda")
+    assert choose_providers("auto") == ["CPUExecutionProvider"]
