@@ -7,6 +7,7 @@ the whole pipeline runs on real image files, exactly as it would on a user's fol
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,4 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[demo] checkpoint: {best}")
     if logs:
         print(f"[demo] logs and confusion matrix: {logs[-1]}")
+
+    # Export with the attention output, verified against PyTorch on real digit images.
+    onnx_path = args.run / "model.onnx"
+    if vit_main(
+        ["export", str(best), "-o", str(onnx_path), "--check-data", str(args.data), "--with-attention"]
+    ):
+        print("[demo] export self-check failed", file=sys.stderr)
+        return 1
+    samples = [str(sorted((args.data / str(digit)).glob("*.png"))[0]) for digit in (0, 3, 7)]
+    print("[demo] onnxruntime predictions for a few digits:")
+    vit_main(["predict", str(onnx_path), *samples, "--top-k", "3", "--no-progress"])
+    explain_dir = args.run / "explain"
+    vit_main(["explain", str(best), *samples, "-o", str(explain_dir)])
+    print(f"[demo] attention overlays: {explain_dir}/")
+    print(f"[demo] serve it: vit serve {onnx_path}   (then open http://127.0.0.1:8000/)")
     return 0

@@ -55,3 +55,45 @@ def tiny_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     """best.ckpt of a 2-block ViT trained for 4 epochs on :func:`tiny_data`."""
     run = fit(tiny_data, tmp_path_factory.mktemp("run"), "--trainer.max_epochs", "4")
     return run / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """ExportReport of :func:`tiny_checkpoint` -> model.onnx (+ int8, fp16, Triton repository),
+    self-checked on :func:`tiny_data`."""
+    from vit.export import export_model
+
+    out = tmp_path_factory.mktemp("export")
+    report = export_model(
+        tiny_checkpoint,
+        out / "model.onnx",
+        check_data=tiny_data,
+        quantize="int8",
+        fp16=True,
+        triton=out / "triton",
+    )
+    assert report.ok, report.format()
+    return report
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_export) -> Path:
+    """The fp32 ONNX file exported from :func:`tiny_checkpoint` (metadata inside, checked)."""
+    return tiny_export.output
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_onnx(
+    tiny_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """:func:`tiny_checkpoint` exported ``--with-attention`` (fp32 only), self-checked."""
+    from vit.export import export_model
+
+    report = export_model(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("attention") / "model.onnx",
+        with_attention=True,
+        check_data=tiny_data,
+    )
+    assert report.ok, report.format()
+    return report.output

@@ -1,0 +1,125 @@
+"""vit predict: folders, bad files, formats, ONNX/checkpoint parity, metadata-driven preprocessing."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from serve.metadata import ModelMetadata
+from vit.predict import Prediction, format_predictions, main, predict_paths
+from vit.runtime import image_batches, load_classifier, top_k
+
+
+@pytest.fixture
+def mixed_folder(tiny_data: Path, tmp_path: Path) -> Path:
+    """Three good images (one per class), a corrupt one, a truncated one and a non-image file."""
+    folder = tmp_path / "inputs"
+    (folder / "sub").mkdir(parents=True)
+    for k in range(3):
+        shutil.copyfile(tiny_data / f"c{k}" / "000.png", folder / ("sub" if k else ".") / f"good{k}.png")
+    (folder / "broken.png").write_bytes(b"this is not a png")
+    data = (tiny_data / "c0" / "001.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return folder
+
+
+def test_folder_with_bad_files(tiny_onnx: Path, mixed_folder: Path, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing.jpg"
+    code = main([str(tiny_onnx), str(mixed_folder), str(missing), "--format", "csv", "--top-k", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sorted(Path(r["path"]).name for r in rows) == ["good0.png", "good1.png", "good2.png"]
+    for row in rows:
+        assert {row["label_1"], row["label_2"]} <= {"c0", "c1", "c2"} and row["label_1"] != row["label_2"]
+        assert 1.0 >= float(row["probability_1"]) >= float(row["probability_2"]) >= 0.0
+    assert f"{mixed_folder / 'broken.png'}: not a recognised image format" in err
+    assert f"{mixed_folder / 'truncated.png'}: " in err
+    assert f"{missing}: no such file" in err
+    assert "notes.txt" not in out + err
+
+
+def test_explicit_non_image_file_is_reported(tiny_onnx: Path, mixed_folder: Path, capsys) -> None:
+    assert main([str(tiny_onnx), str(mixed_folder / "notes.txt"), str(mixed_folder / "good0.png")]) == 1
+    out, err = capsys.readouterr()
+    assert "notes.txt: not a recognised image format" in err and "good0.png" in out
+
+
+def test_clean_run_and_formats(tiny_onnx: Path, mixed_folder: Path, capsys) -> None:
+    good = [str(p) for p in sorted(mixed_folder.rglob("good*.png"))]
+    assert main([str(tiny_onnx), *good, "--format", "json", "--top-k", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == good
+    for row in rows:
+        assert sorted(p["label"] for p in row["predictions"]) == ["c0", "c1", "c2"]
+        assert sum(p["probability"] for p in row["predictions"]) == pytest.approx(1.0, abs=1e-5)
+    assert main([str(tiny_onnx), good[0]]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split() == ["path", "top-1", "top-2", "top-3"] and line.startswith(good[0])
+
+
+def test_onnx_and_checkpoint_agree(tiny_onnx: Path, tiny_checkpoint: Path, tiny_data: Path) -> None:
+    paths = sorted(tiny_data.rglob("*.png"))[::4]
+    onnx_rows, _ = predict_paths(load_classifier(tiny_onnx), paths, k=3)
+    torch_rows, _ = predict_paths(load_classifier(tiny_checkpoint), paths, k=3)
+    assert [r.labels for r in onnx_rows] == [r.labels for r in torch_rows]
+    np.testing.assert_allclose(
+        [r.probabilities for r in onnx_rows], [r.probabilities for r in torch_rows], atol=1e-5
+    )
+
+
+def test_preprocessing_comes_from_the_file(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(tiny_onnx))
+    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    changed = dataclasses.replace(meta.preprocessing, crop_pct=0.5, mean=(0.0, 0.0, 0.0))
+    meta.preprocessing = changed
+    onnx.helper.set_model_props(model, meta.to_props())
+    copy = tmp_path / "changed.onnx"
+    onnx.save(model, str(copy))
+    original, edited = load_classifier(tiny_onnx), load_classifier(copy)
+    assert edited.preprocessing == changed and original.preprocessing != changed
+    image = [tiny_data / "c0" / "000.png"]
+    a, _ = predict_paths(original, image, k=3)
+    b, _ = predict_paths(edited, image, k=3)
+    assert not np.allclose(a[0].probabilities, b[0].probabilities, atol=1e-4)
+
+
+def test_usage_errors(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "nope.onnx"), str(tmp_path)]) == 2
+    assert "nope.onnx" in capsys.readouterr().err
+    not_a_model = tmp_path / "model.onnx"
+    not_a_model.write_bytes(b"garbage")
+    assert main([str(not_a_model), str(tmp_path)]) == 2
+    assert main([str(tiny_onnx), str(tmp_path), "--top-k", "0"]) == 2
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert main([str(tiny_onnx), str(tmp_path), "--device", "cuda"]) == 2
+
+
+def test_batches_keep_order_and_report_failures(tiny_onnx: Path, mixed_folder: Path) -> None:
+    files = sorted(p for p in mixed_folder.rglob("*") if p.is_file())
+    preprocessing = load_classifier(tiny_onnx).preprocessing
+    batches = list(image_batches(files, preprocessing, batch_size=2))
+    assert [p for b in batches for p in b.items] == [p for p in files if p.name.startswith("good")]
+    assert sorted(p.name for b in batches for p, _ in b.failed) == [
+        "broken.png",
+        "notes.txt",
+        "truncated.png",
+    ]
+    assert all(b.images.shape == (len(b.items), 3, 32, 32) for b in batches)
+
+
+def test_top_k_and_table() -> None:
+    scores = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
+    assert top_k(scores, 2).tolist() == [[1, 2], [2, 0]]
+    text = format_predictions([Prediction("a.png", ["x", "y"], [0.9, 0.1])], "table", 2)
+    assert text.splitlines()[1].split() == ["a.png", "x", "0.900", "y", "0.100"]

@@ -1,0 +1,190 @@
+"""The export self-check: the same inputs through PyTorch and onnxruntime, compared.
+
+Inputs are real images from ``--check-data`` (through the shared preprocessing, labelled when
+they sit in folders named after the model's classes) or, without it, generated images of varied
+sizes through the same preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from serve.metadata import ModelMetadata
+from serve.preprocess import Preprocessing
+from vit.folder import is_image_file
+from vit.runtime import image_batches
+
+FP32_TOLERANCE = 1e-4  # max |logit difference| accepted between the fp32 ONNX file and PyTorch
+
+
+@dataclass
+class CheckInputs:
+    images: np.ndarray  # float32 [N, 3, H, W]
+    targets: np.ndarray | None  # class index per image, when every image is labelled
+    source: str
+    skipped: list[tuple[str, str]]
+
+
+@dataclass
+class Comparison:
+    """Candidate outputs against reference outputs on the same inputs."""
+
+    max_abs_diff: float
+    top1_agreement: float
+    accuracy: float | None  # of the candidate, when the inputs are labelled
+
+
+def check_images(root: Path, limit: int) -> list[Path]:
+    """Up to ``limit`` image files under ``root``, spread evenly over the sorted list."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--check-data: {root} is not a folder")
+    files = sorted(p for p in root.rglob("*") if is_image_file(p))
+    if not files:
+        raise FileNotFoundError(f"--check-data: no image files under {root}")
+    if len(files) > limit:
+        picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files = [files[i] for i in sorted(set(picks.tolist()))]
+    return files
+
+
+def load_check_inputs(
+    root: Path, labels: list[str], preprocessing: Preprocessing, limit: int = 256
+) -> CheckInputs:
+    """Real images; targets are the images' folder names when all of them are class names."""
+    files = check_images(root, limit)
+    kept: list[Path] = []
+    arrays: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+    for batch in image_batches(files, preprocessing, batch_size=64):
+        kept += batch.items
+        arrays.append(batch.images)
+        skipped += [(str(p), reason) for p, reason in batch.failed]
+    if not kept:
+        raise ValueError(f"--check-data: none of the {len(files)} images under {root} could be decoded")
+    index = {name: i for i, name in enumerate(labels)}
+    targets = None
+    if all(p.parent.name in index for p in kept):
+        targets = np.array([index[p.parent.name] for p in kept])
+    return CheckInputs(np.concatenate(arrays), targets, f"{len(kept)} images from {root}", skipped)
+
+
+def generated_inputs(preprocessing: Preprocessing, n: int = 16, seed: int = 0) -> CheckInputs:
+    """Noise-and-gradient images of varied sizes and aspect ratios, preprocessed like real ones."""
+    rng = np.random.default_rng(seed)
+    height, width = preprocessing.input_size
+    arrays = []
+    for _ in range(n):
+        h = int(height * rng.uniform(0.5, 2.0)) + 1
+        w = int(width * rng.uniform(0.5, 2.0)) + 1
+        ramp = np.linspace(0, 255, w)[None, :, None] * rng.uniform(0, 1, 3)
+        pixels = np.clip(ramp + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        arrays.append(preprocessing(Image.fromarray(pixels, "RGB")))
+    return CheckInputs(np.stack(arrays), None, f"{n} generated images", [])
+
+
+def run_torch(module: Any, images: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+    """Outputs of ``module`` (a tensor or a tuple of tensors) as float32 arrays, in batches."""
+    import torch
+
+    chunks: list[list[np.ndarray]] = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            out = module(torch.from_numpy(images[start : start + batch_size]))
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            chunks.append([o.float().numpy() for o in out])
+    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+def run_onnx(session: Any, images: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+    """Every output of an onnxruntime session, in graph order, batched like :func:`run_torch`."""
+    name = session.get_inputs()[0].name
+    chunks = [
+        session.run(None, {name: images[s : s + batch_size]}) for s in range(0, len(images), batch_size)
+    ]
+    return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks, strict=True)]
+
+
+def accuracy(logits: np.ndarray, targets: np.ndarray | None) -> float | None:
+    return None if targets is None else float((logits.argmax(-1) == targets).mean())
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray | None) -> Comparison:
+    return Comparison(
+        max_abs_diff=float(np.abs(reference - candidate).max()),
+        top1_agreement=float((reference.argmax(-1) == candidate.argmax(-1)).mean()),
+        accuracy=accuracy(candidate, targets),
+    )
+
+
+@dataclass
+class FileReport:
+    """One written file and how its outputs compare with the reference on the check inputs."""
+
+    precision: str
+    path: Path
+    size_bytes: int
+    reference: str  # "torch" for fp32; "fp32 onnx" for int8/fp16
+    comparison: Comparison
+    attention_max_abs_diff: float | None = None
+    ok: bool = True
+
+
+@dataclass
+class ExportReport:
+    output: Path
+    metadata: ModelMetadata
+    inputs: CheckInputs
+    torch_accuracy: float | None
+    files: list[FileReport] = field(default_factory=list)
+    triton: Path | None = None
+    tolerance: float = FP32_TOLERANCE
+
+    @property
+    def ok(self) -> bool:
+        """The fp32 file matches PyTorch (max |logit diff| and top-1 agreement) and was written."""
+        return bool(self.files) and self.files[0].ok
+
+    def format(self) -> str:
+        meta = self.metadata
+        height, width = meta.preprocessing.input_size
+        labelled = " (labelled)" if self.inputs.targets is not None else ""
+        rows = [["file", "size", "compared with", "max|dlogit|", "top-1 agree", "accuracy"]]
+        fp32_size = self.files[0].size_bytes if self.files else 0
+        for f in self.files:
+            c = f.comparison
+            size = f"{f.size_bytes / 1e6:.2f} MB"
+            if f.precision != "fp32" and fp32_size:
+                size += f" ({f.size_bytes / fp32_size:.2f}x)"
+            accuracy = "n/a" if c.accuracy is None else f"{100 * c.accuracy:.2f}%"
+            if f.precision == "fp32" and self.torch_accuracy is not None:
+                accuracy += f" (torch {100 * self.torch_accuracy:.2f}%)"
+            diff = f"{c.max_abs_diff:.2e}"
+            if f.attention_max_abs_diff is not None:
+                diff += f" (attention {f.attention_max_abs_diff:.2e})"
+            rows.append([f.path.name, size, f.reference, diff, f"{100 * c.top1_agreement:.2f}%", accuracy])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            f"model: {meta.model_name}, {len(meta.labels)} classes, input 3x{height}x{width}, "
+            f"weights sha256 {meta.weights_sha256[:12]}",
+            f"self-check on {self.inputs.source}{labelled}:",
+            *(
+                "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+                for row in rows
+            ),
+        ]
+        if self.inputs.skipped:
+            path, reason = self.inputs.skipped[0]
+            lines.append(f"  {len(self.inputs.skipped)} check image(s) skipped, e.g. {path}: {reason}")
+        verdict = "passed" if self.ok else f"FAILED, {self.output} not written"
+        lines.append(
+            f"check {verdict}: fp32 needs max|dlogit| <= {self.tolerance:g} and 100% top-1 agreement"
+        )
+        if self.triton:
+            lines.append(f"triton model repository: {self.triton}")
+        return "\n".join(lines)
