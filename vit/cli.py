@@ -25,6 +25,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vit.demo", "digits demo: data set, training, export, prediction"),
 }
 DEFAULT_ROOT = "runs/vit"
+DEFAULT_MAX_EPOCHS = 100  # without --budget; with it, training runs until the budget is spent
 
 
 def parse_duration(text: str) -> str:
@@ -39,6 +40,41 @@ def parse_duration(text: str) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def data_root_argument(argv: list[str]) -> str | None:
+    """The value of ``--data.root`` in ``argv`` (either ``--data.root X`` or ``--data.root=X``)."""
+    for index, arg in enumerate(argv):
+        if arg == "--data.root" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--data.root="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def with_automatic_defaults(argv: list[str]) -> list[str]:
+    """``vit fit --data.root DIR`` with no config and no model settings: defaults from the data.
+
+    The suggestions (vit.autoconfig) come first, so anything the user typed still wins.
+    """
+    root = data_root_argument(argv)
+    user_keys = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
+    if (
+        argv[0] != "fit"
+        or root is None
+        or "config" in user_keys
+        or any(k.startswith("model.") for k in user_keys)
+    ):
+        return argv
+    from vit.autoconfig import suggest_defaults
+
+    suggested = {k: v for k, v in suggest_defaults(root).items() if k not in user_keys}
+    print(
+        "vit fit: no config given; defaults chosen from the data: "
+        + ", ".join(f"{k}={v}" for k, v in suggested.items())
+    )
+    extra = [item for key, value in suggested.items() for item in (f"--{key}", str(value))]
+    return [argv[0], *extra, *argv[1:]]
 
 
 def run_lightning(argv: list[str]) -> int:
@@ -82,7 +118,9 @@ def run_lightning(argv: list[str]) -> int:
             trainer = config.trainer
             if config.get("budget"):
                 trainer.max_time = parse_duration(config.budget)
-                trainer.max_epochs = -1 if trainer.max_epochs in (None, 1000) else trainer.max_epochs
+                trainer.max_epochs = (
+                    -1 if trainer.max_epochs in (None, DEFAULT_MAX_EPOCHS) else trainer.max_epochs
+                )
             if trainer.logger in (None, True):
                 trainer.logger = default_loggers(trainer.default_root_dir or DEFAULT_ROOT)
             if trainer.enable_progress_bar is not False and importlib.util.find_spec("rich"):
@@ -92,8 +130,8 @@ def run_lightning(argv: list[str]) -> int:
     ViTCLI(
         ViTClassifier,
         ImageFolderDataModule,
-        args=argv,
-        trainer_defaults={"max_epochs": 100},
+        args=with_automatic_defaults(argv),
+        trainer_defaults={"max_epochs": DEFAULT_MAX_EPOCHS},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": False},
         seed_everything_default=0,

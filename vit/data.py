@@ -11,9 +11,18 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from serve.preprocess import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_image
+from vit.augment import BatchAugment, normalize
+from vit.cache import CACHE_MODES, CachedImageDataset, CachedSplits, open_cache
 from vit.folder import Sample, Splits, discover, drop_bad_images, format_skip_report
 
 
@@ -77,6 +86,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         balanced_sampling: sample classes equally often (weights 1 / class count).
         max_pixels: larger images are reported and skipped.
         check_images: decode every file once before training and skip the bad ones.
+        cache: decode every image once into a memory-mapped uint8 cache (:mod:`vit.cache`) and
+            augment whole batches on the training device (:mod:`vit.augment`); ``"auto"`` when
+            the arrays take under half the free memory and disk. Files are always checked.
+        cache_dir: where cache entries live (default ``$VIT_CACHE_DIR`` or ``~/.cache/vit/decoded``).
+        cache_size: stored side of the training images (default: ``img_size / eval_crop_pct``,
+            never above the images' median shorter side); random crops are cut from it.
     """
 
     def __init__(
@@ -99,6 +114,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         balanced_sampling: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         check_images: bool = True,
+        cache: bool | str = False,
+        cache_dir: str | None = None,
+        cache_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -110,7 +128,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             mean=tuple(mean),
             std=tuple(std),
         )
+        if cache not in CACHE_MODES:
+            raise ValueError(f"data.cache must be true, false or 'auto', got {cache!r}")
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.cached: CachedSplits | None = None
+        self._augment: BatchAugment | None = None
         self._checked = False
 
     # The CLI links these two into the model, so every checkpoint carries them.
@@ -141,7 +163,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if self._checked:
             return
         self._checked = True
-        if self.hparams.check_images:
+        hp = self.hparams
+        self.cached = open_cache(
+            self.splits, self.preprocessing, hp.cache, hp.cache_dir, hp.cache_size, hp.max_pixels
+        )
+        if self.cached is not None:
+            self.splits = self.cached.splits
+            if self.splits.skipped:
+                rank_zero_info(format_skip_report(self.splits.skipped))
+        elif self.hparams.check_images:
             self.splits = drop_bad_images(self.splits, self.hparams.max_pixels)
             if self.splits.skipped:
                 rank_zero_info(format_skip_report(self.splits.skipped))
@@ -152,7 +182,34 @@ class ImageFolderDataModule(pl.LightningDataModule):
             + ", ".join(f"{name}={n}" for name, n in counts.items())
         )
 
-    def _dataset(self, split: str, training: bool) -> ImageFolderDataset:
+    # -- decoded cache (vit.cache / vit.augment) ----------------------------------------------
+    def train_augment(self) -> BatchAugment:
+        hp = self.hparams
+        return BatchAugment(
+            hp.img_size,
+            scale=tuple(hp.scale),
+            hflip=hp.hflip,
+            mean=tuple(hp.mean),
+            std=tuple(hp.std),
+            auto_augment=hp.auto_augment,
+            color_jitter=hp.color_jitter,
+            re_prob=hp.re_prob,
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Cached batches arrive as uint8: augment (training) or normalise them on the device."""
+        images, targets = batch
+        if images.dtype != torch.uint8:
+            return batch
+        if self.trainer is not None and self.trainer.training:
+            if self._augment is None:
+                self._augment = self.train_augment()
+            return self._augment(images), targets
+        return normalize(images, self.hparams.mean, self.hparams.std), targets
+
+    def _dataset(self, split: str, training: bool) -> Dataset:
+        if self.cached is not None:
+            return self.cached.dataset(split)
         samples = getattr(self.splits, split)
         if training:
             return ImageFolderDataset(samples, self.train_transform(), self.hparams.max_pixels)
@@ -163,6 +220,18 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _loader(
         self, dataset: Dataset, shuffle: bool, sampler: Any = None, drop_last: bool = False
     ) -> DataLoader:
+        if isinstance(dataset, CachedImageDataset):
+            # One memory-mapped read per batch; no worker processes unless asked for.
+            base = sampler or (RandomSampler(dataset) if shuffle else SequentialSampler(dataset))
+            workers = self.hparams.num_workers or 0
+            return DataLoader(
+                dataset,
+                sampler=BatchSampler(base, self.hparams.batch_size, drop_last),
+                batch_size=None,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=torch.cuda.is_available(),
+            )
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

@@ -10,6 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -17,11 +18,13 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+import vit.stems  # noqa: F401 - registers the conv-stem models with timm.create_model
 from vit.pretrained import load_pretrained
 from vit.report import format_per_class_table, write_confusion_matrix_png
 from vit.schedule import ProgressScheduler
 
 CHECKPOINT_KEY = "vit"  # checkpoint[CHECKPOINT_KEY] = {"labels", "preprocessing", "model"}
+DIVERGENCE_CHECK_EVERY = 25  # steps between checks that the loss is still finite
 
 
 def timm_config(
@@ -171,6 +174,11 @@ class ViTClassifier(pl.LightningModule):
             loss = self.soft_loss(self(images), soft_targets)
         else:
             loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
+        if batch_idx % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss):  # a sync: not every step
+            raise FloatingPointError(
+                f"training diverged: loss is {loss.item()} at step {self.global_step}; "
+                "lower --model.lr, lengthen --model.warmup or set --trainer.gradient_clip_val"
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=False)
         return loss
@@ -201,18 +209,27 @@ class ViTClassifier(pl.LightningModule):
     def _report(self, confusion_metric: MulticlassConfusionMatrix, stage: str) -> None:
         confusion = confusion_metric.compute().cpu().numpy()
         confusion_metric.reset()
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must ask
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         rank_zero_info(
             format_per_class_table(confusion, self.class_names, title=f"{stage} per-class accuracy")
         )
-        if self.trainer.log_dir:
-            path = Path(self.trainer.log_dir) / f"confusion_matrix_{stage}.png"
+        if log_dir:
+            path = Path(log_dir) / f"confusion_matrix_{stage}.png"
             write_confusion_matrix_png(confusion, self.class_names, path)
             rank_zero_info(f"confusion matrix: {path}")
 
     def on_validation_epoch_end(self) -> None:
         self._report(self.val_confusion, "val")
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if (
+            timer is not None
+            and self.trainer.state.fn == TrainerFn.FITTING
+            and not self.trainer.sanity_checking
+        ):
+            # Wall-clock training minutes so far (validations included): the x axis of a budget curve.
+            self.log("train/minutes", timer.time_elapsed("train") / 60.0)
 
     def on_test_epoch_end(self) -> None:
         self._report(self.test_confusion, "test")

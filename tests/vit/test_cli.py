@@ -53,3 +53,20 @@ def test_presets_parse(preset: Path, tiny_folder: Path, capsys: pytest.CaptureFi
 def test_missing_data_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="does not exist"):
         main(["fit", "--data.root", str(tmp_path / "nowhere"), "--trainer.max_epochs", "1"])
+
+
+def test_automatic_defaults_only_without_config_or_model_settings(tiny_folder: Path) -> None:
+    from vit.cli import with_automatic_defaults
+
+    argv = ["fit", "--data.root", str(tiny_folder), "--data.batch_size", "4"]
+    chosen = with_automatic_defaults(argv)
+    assert chosen[-len(argv) + 1 :] == argv[1:]  # the user's arguments come last and win
+    keys = chosen[1 : len(chosen) - len(argv) + 1 : 2]
+    assert "--model.img_size" in keys and "--data.batch_size" not in keys
+    assert chosen[chosen.index("--model.img_size") + 1] == "32"  # 40x36 images: never upscaled
+    for argv in (
+        ["fit", "--config", "c.yaml", "--data.root", str(tiny_folder)],
+        ["fit", "--data.root", str(tiny_folder), "--model.depth", "2"],
+        ["validate", "--data.root", str(tiny_folder)],
+    ):
+        assert with_automatic_defaults(argv) == argv

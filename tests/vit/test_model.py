@@ -95,3 +95,17 @@ def test_ddp_with_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
 def test_model_needs_classes() -> None:
     with pytest.raises(ValueError, match="class_names"):
         ViTClassifier(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+
+
+def test_divergence_stops_training_with_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        fit(
+            tiny_data,
+            tmp_path / "run",
+            "--trainer.max_epochs",
+            "2",
+            "--model.lr",
+            "1e30",
+            "--model.warmup",
+            "0",
+        )

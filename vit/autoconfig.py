@@ -1,0 +1,118 @@
+"""Defaults from a look at the data: image size, patch, model, batch size, cache and precision.
+
+The rule of thumb (docs/TRAINING_RECIPES.md) in code, for a user who points ``vit fit`` at a
+folder and sets nothing else:
+
+* image size: the largest of 32, 48, 64, 96, 128, 160, 192, 224 that is not above the median
+  shorter side of the images (never upscale; 224 at most — beyond that, fine-tune instead);
+* patch: 8 up to 96 px (conv stem: 16-144 tokens), 16 above (plain ViT: 64-196 tokens);
+* model: up to 96 px, the conv-stem ViT of the CIFAR recipe (a patchify layer wastes small
+  images); above, ViT-Tiny/16, or ViT-Small/16 with a GPU and at least 100k training images;
+* batch size: 128 up to 64 px, else 64 — at most an eighth of the training images;
+* decoded cache: on for images up to 64 px, ``auto`` (when it fits) above;
+* precision: bf16-mixed where the hardware computes in bf16 (CUDA with bf16, CPUs with
+  AVX512-BF16 or AMX); 32-true elsewhere, where bf16 is emulated and many times slower.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vit.folder import discover
+
+IMG_SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
+SMALL_IMAGE_MODEL = "vit_convstem_tiny_patch8_32"
+
+
+@dataclass(frozen=True)
+class FolderStats:
+    """What the defaults depend on: counts and typical image size (from a sample of headers)."""
+
+    classes: int
+    train_images: int
+    short_side: int  # median shorter side
+    long_side: int  # median longer side
+
+
+def scan(root: str | Path, probe: int = 256) -> FolderStats:
+    """Class and image counts plus median sides of up to ``probe`` evenly spaced training files."""
+    splits = discover(root)
+    paths = [path for path, _ in splits.train + splits.val]
+    step = max(1, len(paths) // probe)
+    sizes = []
+    for path in paths[::step][:probe]:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except Exception:  # noqa: BLE001, S112 - bad files are reported by the data module later
+            continue
+    short = int(statistics.median(min(s) for s in sizes)) if sizes else IMG_SIZES[-1]
+    long = int(statistics.median(max(s) for s in sizes)) if sizes else IMG_SIZES[-1]
+    return FolderStats(len(splits.classes), len(splits.train), short, long)
+
+
+def choose_img_size(short_side: int) -> int:
+    return max([s for s in IMG_SIZES if s <= short_side], default=IMG_SIZES[0])
+
+
+def choose_patch_size(img_size: int) -> int:
+    return 8 if img_size <= 96 else 16
+
+
+def choose_batch_size(img_size: int, train_images: int) -> int:
+    batch = 128 if img_size <= 64 else 64
+    while batch > 8 and batch * 8 > train_images:
+        batch //= 2
+    return batch
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (Linux: ``avx512_bf16`` or ``amx_bf16`` flag)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def choose_model(img_size: int, train_images: int, gpu: bool) -> dict[str, Any]:
+    if img_size <= 96:
+        return {"model.model_name": SMALL_IMAGE_MODEL}
+    large = gpu and train_images >= 100_000
+    return {"model.model_name": "vit_small_patch16_224" if large else "vit_tiny_patch16_224"}
+
+
+def suggest_defaults(root: str | Path, gpu: bool | None = None) -> dict[str, Any]:
+    """Dotted LightningCLI keys -> values for a folder, e.g. ``{"model.img_size": 32, …}``.
+
+    ``gpu`` defaults to whether CUDA is available. Every value is only a starting point: keys
+    the user sets on the command line or in a config win.
+    """
+    import torch
+
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    stats = scan(root)
+    img_size = choose_img_size(stats.short_side)
+    small = img_size <= 64
+    return {
+        "model.img_size": img_size,
+        "model.patch_size": choose_patch_size(img_size),
+        **choose_model(img_size, stats.train_images, gpu),
+        "data.batch_size": choose_batch_size(img_size, stats.train_images),
+        "data.eval_crop_pct": 1.0 if small else 0.875,
+        "data.cache": True if small else "auto",
+        "trainer.precision": choose_precision(),
+    }
