@@ -12,6 +12,7 @@ Transformers) trains faster and better on small data at almost no cost. The mode
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 from timm.layers import PatchEmbed
@@ -87,8 +88,12 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:
+    """``stem_width`` (e.g. via ``model.model_kwargs``) adds a stride-1 3x3 layer of that width."""
     if pretrained:
         raise ValueError(f"{variant} has no pretrained weights; train it with `vit fit`")
+    stem_width = kwargs.pop("stem_width", None)
+    if stem_width:
+        kwargs["embed_layer"] = partial(ConvPatchEmbed, stem_width=int(stem_width))
     return build_model_with_cfg(
         VisionTransformer,
         variant,
