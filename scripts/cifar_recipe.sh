@@ -20,7 +20,9 @@ DATA=${VIT_DATA:-$HOME/.cache/vit-data}
 VIT=${VIT:-.venv/bin/vit}
 
 mkdir -p "$DATA"
-[ -d "$DATA/cifar10/test" ] || unzip -q -n "$ZIP" -d "$DATA"
+if [ ! -d "$DATA/cifar10/test" ]; then
+  if command -v unzip >/dev/null; then unzip -q -n "$ZIP" -d "$DATA"; else python3 -m zipfile -e "$ZIP" "$DATA"; fi
+fi
 ROOT="$DATA/cifar10-recipe"
 if [ ! -d "$ROOT/val" ]; then
   mkdir -p "$ROOT"
