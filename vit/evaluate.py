@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from serve.metadata import MetadataError
+from vit.arguments import parse_or_exit_code
 from vit.folder import DataError, Sample, discover
 from vit.predict import add_runtime_arguments, progress_bar
 from vit.report import (
@@ -139,10 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         classifier = load_classifier(args.model, args.device, args.threads)
         samples = select_samples(args.data, args.split, classifier.labels, args.val_fraction, args.seed)

@@ -19,6 +19,7 @@ import numpy as np
 
 from serve.preprocess import ImageError, Preprocessing, decode_image
 from serve.render import explanation_figure, png_bytes
+from vit.arguments import parse_or_exit_code
 from vit.report import atomic_write_bytes
 
 METHODS = ("rollout", "last-layer")
@@ -180,10 +181,9 @@ def make_explainer(args: argparse.Namespace) -> Explainer:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help and usage errors; return its code instead
-        return int(exc.code or 0)
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         explainer = make_explainer(args)
     except ExplainError as exc:

@@ -29,6 +29,7 @@ import torch
 
 from serve.metadata import ModelMetadata
 from serve.preprocess import Preprocessing
+from vit.arguments import parse_or_exit_code
 from vit.runtime import open_session
 from vit.verify import (
     ExportReport,
@@ -264,10 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     if args.opset < 17:
         print("vit export: --opset must be >= 17", file=sys.stderr)
         return 2

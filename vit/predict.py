@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from serve.metadata import MetadataError
+from vit.arguments import parse_or_exit_code
 from vit.folder import is_image_file
 from vit.runtime import DEVICES, Classifier, ModelLoadError, image_batches, load_classifier, softmax, top_k
 
@@ -156,10 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     if args.top_k < 1 or args.batch_size < 1:
         print("vit predict: --top-k and --batch-size must be >= 1", file=sys.stderr)
         return 2
