@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,11 @@ class ViTClassifier(pl.LightningModule):
         if pretrained:
             rank_zero_info(load_pretrained(self.net, Path(pretrained)))
         self.ema = ModelEmaV3(self.net, decay=ema_decay, use_warmup=True) if ema_decay else None
+        if self.ema is not None:
+            # The EMA copy is updated by hand, never by the optimiser, and stays in eval mode:
+            # keep it out of the trainable-parameter count and Lightning's eval-mode warning.
+            self.ema.requires_grad_(False)
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             self.mixup = Mixup(
