@@ -4,10 +4,15 @@
 #   2. the CIFAR-10 GPU recipe (configs/cifar10-gpu.yaml) for BUDGET, validating on the 10k test
 #      images every epoch -> accuracy vs minutes and time to 90% (scripts/accuracy_curve.py);
 #   3. `vit export` of the GPU-trained checkpoint, self-checked against PyTorch;
-#   4. onnxruntime CUDA provider parity and speed when the machine's onnxruntime has it.
-# usage: bash scripts/gpu_check.sh CIFAR_ZIP OUT_DIR [BUDGET]
+#   4. onnxruntime CUDA provider parity and speed when the machine's onnxruntime has it;
+#   and, as phase "sweep", the epoch-matched sweep of CPU-recipe candidates
+#   (scripts/recipe_sweep.sh, SWEEP_SECONDS per run, default 220).
+# usage: [PHASES="sweep recipe"] bash scripts/gpu_check.sh CIFAR_ZIP OUT_DIR [BUDGET]
+# PHASES (default "recipe") lets one lent machine session run them as separate calls; the
+# unpacked data and the decoded cache in /tmp and ~/.cache are reused while the machine is warm.
 set -uo pipefail
 zip=${1:?cifar10-jpeg.zip}; out=${2:?output folder}; budget=${3:-5m}
+phases=${PHASES:-recipe}
 mkdir -p "$out"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/env.txt"
@@ -19,10 +24,14 @@ print('timm', timm.__version__, 'lightning', lightning.__version__)" | tee -a "$
 
 data=/tmp/vit-data root=/tmp/cifar10-gpu
 mkdir -p "$data" "$root"
-python3 -m zipfile -e "$zip" "$data"   # the GPU image has no unzip
+[ -d "$data/cifar10/test" ] || python3 -m zipfile -e "$zip" "$data"   # the GPU image has no unzip
 # Validation = the 10k test images, so the curve is test accuracy (nothing is tuned on it here).
 ln -sfn "$data/cifar10/train" "$root/train"
 ln -sfn "$data/cifar10/test" "$root/val"
+if [[ " $phases " == *" sweep "* ]]; then
+  bash scripts/recipe_sweep.sh "$root" "$out/sweep" "${SWEEP_SECONDS:-220}" | tee "$out/sweep.txt"
+fi
+[[ " $phases " == *" recipe "* ]] || exit 0
 start=$(date +%s)
 python3 -m vit fit --config configs/cifar10-gpu.yaml --data.root "$root" --budget "$budget" \
   --trainer.default_root_dir /tmp/run --trainer.enable_progress_bar false > "$out/train.log" 2>&1
