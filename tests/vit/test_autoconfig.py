@@ -29,10 +29,10 @@ def test_scan_counts_and_median_sides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("short_side", "img_size", "patch"),
     [
-        (20, 32, 8),
-        (32, 32, 8),
-        (40, 32, 8),
-        (50, 48, 8),
+        (20, 32, 4),
+        (32, 32, 4),
+        (40, 32, 4),
+        (50, 48, 4),
         (64, 64, 8),
         (100, 96, 8),
         (150, 128, 16),
@@ -61,12 +61,14 @@ def test_suggestions_for_small_images_build_a_working_model(
     monkeypatch.setattr(autoconfig, "cpu_has_bf16", lambda: False)
     root = write_class_folder(tmp_path / "d", classes=3, per_class=12, size=(36, 36))
     suggested = suggest_defaults(root, gpu=False)
-    assert suggested["model.img_size"] == 32 and suggested["model.patch_size"] == 8
+    assert suggested["model.img_size"] == 32 and suggested["model.patch_size"] == 4
+    assert suggested["model.model_name"] == autoconfig.SMALL_IMAGE_MODEL
     assert suggested["data.cache"] is True
     if not torch.cuda.is_available():
         assert suggested["trainer.precision"] == "32-true"  # bf16 is emulated on such CPUs
     model_args = {k.removeprefix("model."): v for k, v in suggested.items() if k.startswith("model.")}
     net = ViTClassifier(num_classes=3, **model_args).net
+    assert net.patch_embed.grid_size == (8, 8)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
@@ -87,6 +89,10 @@ def test_conv_stem_model_is_a_vision_transformer_that_exports(tmp_path: Path) ->
     assert isinstance(net, timm.models.vision_transformer.VisionTransformer)
     assert net.patch_embed.grid_size == (4, 4)
     assert timm.create_model("vit_convstem_tiny_patch4_32", depth=1).patch_embed.grid_size == (8, 8)
+    nano = timm.create_model("vit_convstem_nano_patch4_32", depth=1)
+    assert nano.patch_embed.grid_size == (8, 8) and nano.patch_embed.proj[0].stride == (1, 1)
+    nano64 = timm.create_model("vit_convstem_nano_patch4_32", patch_size=8, img_size=64, depth=1)
+    assert nano64.patch_embed.grid_size == (8, 8)
     with pytest.raises(ValueError, match="power-of-two"):
         timm.create_model("vit_convstem_tiny_patch4_32", patch_size=6, img_size=36)
     data = write_class_folder(tmp_path / "data", classes=3, per_class=2, size=(32, 32))
