@@ -41,23 +41,18 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-def onnx_providers(device: str = "auto") -> list[str]:
-    """CUDA first when onnxruntime-gpu is installed (ORT falls back to CPU without a GPU)."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise ModelLoadError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-    if device != "cpu" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 def open_session(model: bytes | str | Path, device: str = "auto", threads: int | None = None) -> Any:
+    """An onnxruntime session on the providers the server would pick for ``device``."""
     import onnxruntime as ort
 
+    from serve.engine import EngineError, choose_providers
+
+    try:
+        providers = choose_providers(device)
+    except EngineError as exc:  # --device cuda without onnxruntime-gpu
+        raise ModelLoadError(str(exc)) from exc
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=onnx_providers(device))
+    return ort.InferenceSession(source, session_options(threads), providers=providers)
 
 
 @dataclass
