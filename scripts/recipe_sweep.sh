@@ -39,14 +39,10 @@ echo "|---|---:|---:|---:|---:|"
 while read -r name epochs args; do
   [[ -z "$name" || "$name" == \#* ]] && continue
   csv=$(ls /tmp/sweep/"$name"/logs/version_*/metrics.csv 2>/dev/null | tail -n 1)
-  [ -n "$csv" ] && cp "$csv" "$out/$name.csv"
-  python3 - "$name" "$epochs" "$csv" <<'EOF'
-import csv, sys
-name, planned, path = sys.argv[1], sys.argv[2], sys.argv[3]
-rows = [r for r in csv.DictReader(open(path))] if path else []
-acc = [(int(r["epoch"]), float(r["val/acc1"])) for r in rows if r.get("val/acc1")]
-last = f"{100 * acc[-1][1]:.2f}%" if acc else "-"
-best = f"{100 * max(a for _, a in acc):.2f}%" if acc else "-"
-print(f"| {name} | {planned} | {acc[-1][0] + 1 if acc else 0} | {last} | {best} |")
-EOF
+  if [ -n "$csv" ]; then
+    cp "$csv" "$out/$name.csv"
+    python3 scripts/accuracy_curve.py "$csv" --summary "$name | $epochs"
+  else
+    echo "| $name | $epochs | 0 | - | - |"
+  fi
 done < "$variants"
