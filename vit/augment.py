@@ -19,13 +19,16 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
+from serve.preprocess import normalization
+
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (or 0..255 float) NCHW -> float32, with :meth:`Preprocessing.normalize`'s arithmetic."""
-    x = images.to(torch.float32) / 255.0
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    scale, offset = normalization(mean, std)
+    x = images.to(torch.float32)
+    scale_t = torch.tensor(scale, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    offset_t = torch.tensor(offset, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return x * scale_t - offset_t
 
 
 def parse_policy(auto_augment: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
