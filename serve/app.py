@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.engine import Engine, EngineError, top_k
 from serve.errors import ApiError, install_error_handlers
-from serve.inputs import IMAGE_BODY_OPENAPI, Prepared, read_uploads
+from serve.inputs import IMAGE_BODY_OPENAPI, Prepared, Upload, read_uploads
 from serve.observability import ObservabilityMiddleware
 from serve.server import ReloadRequest, Server, ServerDep, require_key
 from serve.settings import Settings
@@ -74,7 +74,11 @@ def add_routes(app: FastAPI) -> None:
     async def model(server: ServerDep) -> dict[str, Any]:
         engine = server.current()
         settings = server.settings
-        batching = {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms}
+        batching = {
+            "max_batch_size": settings.max_batch_size,
+            "max_wait_ms": settings.max_wait_ms,
+            "instances": server.batcher.instances,
+        }
         return {"name": server.name, **engine.describe(), "batching": batching}
 
     @app.post("/v1/classify", tags=["v1"], dependencies=keyed, openapi_extra=IMAGE_BODY_OPENAPI)
@@ -84,6 +88,9 @@ def add_routes(app: FastAPI) -> None:
         async def work() -> Response:
             engine = server.current()
             uploads, many = await read_uploads(request, server.settings.max_images)
+            return await server.while_connected(request, answer(engine, uploads, many))
+
+        async def answer(engine: Engine, uploads: list[Upload], many: bool) -> Response:
             prepared = await server.prepare(engine, uploads)
             results = await server.batcher.submit(engine, [p.array for p in prepared])
             answers = [
@@ -107,6 +114,9 @@ def add_routes(app: FastAPI) -> None:
             uploads, many = await read_uploads(request, server.settings.max_images)
             if want_png and len(uploads) != 1:
                 raise ApiError(422, "invalid_parameter", "Accept: image/png needs exactly one image")
+            return await server.while_connected(request, answer(engine, uploads, many, want_png))
+
+        async def answer(engine: Engine, uploads: list[Upload], many: bool, want_png: bool) -> Response:
             prepared = await server.prepare(engine, uploads, keep_image=True)
             results = await server.batcher.submit(engine, [p.array for p in prepared], with_attention=True)
             if want_png:

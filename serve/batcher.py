@@ -1,12 +1,16 @@
-"""Dynamic batching: requests queue, one worker thread runs them through the model in batches.
+"""Dynamic batching: requests queue; ``instances`` workers take batches and run them on the model.
 
-A batch closes when it holds ``max_batch_size`` images, or ``max_wait_ms`` after its first
-image was queued (Triton's ``max_queue_delay``), or at once when no other image is on its way
-(being decoded, see :meth:`Batcher.incoming`): a lone request never waits for company. While a
-batch runs the next one fills, so under load batches grow on their own. The engine runs a
-batch in chunks of its ``run_batch_size`` (on CPUs small batches are faster per image). Inference runs in one dedicated thread, never on the event loop.
-Each queued image carries the engine it was preprocessed for, so a hot reload never mixes
-models inside a batch and requests already queued finish on the engine they started with.
+A worker that is free takes the oldest queued image and closes its batch when it holds the
+engine's ``run_batch_size`` images (``max_batch_size`` when unset; on CPUs small batches are
+faster per image), or ``max_wait_ms`` after that image was queued (Triton's
+``max_queue_delay``), or at once when no other image is on its way (being decoded, see
+:meth:`Batcher.incoming`): a lone request never waits for company. While batches run the queue
+fills, so under load batches grow on their own. ``instances`` workers (Triton's
+``instance_group`` count) run that many batches at the same time, each on its own thread, never
+on the event loop: on a 2-core CPU two overlapping onnxruntime calls keep both cores busy
+through each call's serial stretches (docs/BENCHMARKS.md). Each queued image carries the engine
+it was preprocessed for, so a hot reload never mixes models inside a batch and requests already
+queued finish on the engine they started with.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,7 +58,7 @@ def _infer(engine: Engine, arrays: list[np.ndarray], with_attention: bool):
 
 
 class Batcher:
-    """Queue images, run them in batches on one worker thread, route results to their futures."""
+    """Queue images, run them in batches on ``instances`` worker threads, route results to their futures."""
 
     def __init__(
         self,
@@ -61,15 +66,22 @@ class Batcher:
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 256,
+        instances: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.instances = instances
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vit-infer")
-        self._task: asyncio.Task[None] | None = None
+        # Images taken from the queue that belong to the next batch (another engine): they are
+        # older than anything queued, so they go first.
+        self._held: deque[_Item] = deque()
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="vit-infer")
+        self._tasks: list[asyncio.Task[None]] = []
         self._pending = 0  # images submitted and not yet answered (queued or running)
         self._incoming = 0  # images being decoded that will be submitted soon
 
@@ -94,14 +106,17 @@ class Batcher:
             self._incoming -= count
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="vit-batcher")
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._work(), name=f"vit-batcher-{i}") for i in range(self.instances)
+            ]
 
     async def submit(
         self, engine: Engine, arrays: Sequence[np.ndarray], with_attention: bool = False
     ) -> list[ItemResult]:
         """Queue all images of one request (or none, raising :class:`OverloadedError`)."""
-        if self._task is None:
+        if not self._tasks:
             raise RuntimeError("Batcher.start() was not called")
         if self._pending + len(arrays) > self.max_queue:
             raise OverloadedError(f"{self._pending} images queued, limit {self.max_queue}")
@@ -117,85 +132,94 @@ class Batcher:
             for item in items:  # a cancelled request frees its queued images
                 item.future.cancel()
 
+    async def _next(self, timeout: float | None = None) -> _Item:
+        """The oldest image not yet taken; ``asyncio.TimeoutError`` after ``timeout`` seconds."""
+        if self._held:
+            return self._held.popleft()
+        if timeout is None:
+            return await self._queue.get()
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
     async def _collect(self) -> list[_Item]:
-        """Wait for one image, then take more until the batch is full or its deadline passes."""
-        first = await self._queue.get()
+        """Wait for one image, then take more of the same engine until the batch is full or due."""
+        first = await self._next()
         items = [first]
         loop = asyncio.get_running_loop()
         deadline = first.enqueued + self.max_wait
-        while len(items) < self.max_batch_size:
-            if self._queue.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self._incoming <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
-            else:
-                items.append(self._queue.get_nowait())
+        limit = min(first.engine.run_batch_size or self.max_batch_size, self.max_batch_size)
+        while len(items) < limit:
+            waiting = not self._held and self._queue.empty()
+            remaining = deadline - loop.time()
+            if waiting and (remaining <= 0 or self._incoming <= 0):
+                break
+            try:
+                item = await self._next(remaining if waiting else 0.0)
+            except asyncio.TimeoutError:
+                break
+            if item.engine is not first.engine:  # a reload: this image starts the next batch
+                self._held.appendleft(item)
+                break
+            items.append(item)
         return [item for item in items if not item.future.done()]
 
-    async def _loop(self) -> None:
+    async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             items = await self._collect()
+            if not items:
+                continue
             try:
-                if items and self.on_batch is not None:
+                if self.on_batch is not None:
                     self.on_batch(len(items))
-                # Runs of the same engine, in queue order (only a reload makes more than one).
-                groups: list[list[_Item]] = []
-                for item in items:
-                    if groups and groups[-1][0].engine is item.engine:
-                        groups[-1].append(item)
-                    else:
-                        groups.append([item])
-                for group in groups:
-                    await self._run_group(loop, group)
-            except Exception as exc:  # the loop must outlive any bug: fail these requests, go on
+                await self._run(loop, items)
+            except Exception as exc:  # a worker must outlive any bug: fail these requests, go on
                 log.exception("batcher error")
                 for item in items:
                     if not item.future.done():
                         item.future.set_exception(exc)
 
-    async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Item]) -> None:
-        engine = group[0].engine
-        limit = engine.run_batch_size or len(group)
-        for start in range(0, len(group), limit):
-            chunk = group[start : start + limit]
-            try:
-                outputs = await loop.run_in_executor(
-                    self._executor,
-                    _infer,
-                    engine,
-                    [item.array for item in chunk],
-                    any(item.with_attention for item in chunk),
-                )
-            except Exception as exc:  # a model error fails this batch's requests, never the loop
-                log.exception("inference failed for a batch of %d", len(chunk))
-                for item in chunk:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            for row, item in enumerate(chunk):
+    async def _run(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+        engine = items[0].engine
+        try:
+            outputs = await loop.run_in_executor(
+                self._executor,
+                _infer,
+                engine,
+                [item.array for item in items],
+                any(item.with_attention for item in items),
+            )
+        except Exception as exc:  # a model error fails this batch's requests, never the worker
+            log.exception("inference failed for a batch of %d", len(items))
+            for item in items:
                 if not item.future.done():
-                    attention = outputs.attention[row] if outputs.attention is not None else None
-                    item.future.set_result(ItemResult(outputs.logits[row], attention, engine))
+                    item.future.set_exception(exc)
+            return
+        for row, item in enumerate(items):
+            if not item.future.done():
+                attention = outputs.attention[row] if outputs.attention is not None else None
+                item.future.set_result(ItemResult(outputs.logits[row], attention, engine))
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Let queued images finish (up to ``timeout``), then stop the loop and the worker thread."""
-        if self._task is None:
+        """Let queued images finish (up to ``timeout``), then stop the workers and their threads."""
+        if not self._tasks:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.depth and loop.time() < deadline:
             await asyncio.sleep(0.01)  # drain: poll rather than instrument every future
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        leftovers = list(self._held)
+        self._held.clear()
         while not self._queue.empty():
-            item = self._queue.get_nowait()
+            leftovers.append(self._queue.get_nowait())
+        for item in leftovers:
             if not item.future.done():
                 item.future.set_exception(OverloadedError("server is shutting down"))
         self._executor.shutdown(wait=True)

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ def choose_providers(device: str) -> list[Any]:
             f"(available: {', '.join(available)}); install onnxruntime-gpu"
         )
     return ["CPUExecutionProvider"]
+
+
+def default_instances(device: str) -> int:
+    """Concurrent inference calls when not configured: 1 on CUDA (one large batch keeps the GPU
+    busy), 2 on CPUs: measured on 2 cores, two overlapping batch-1 calls give 1.15-1.2x the
+    images per second of the best single call at any batch size (docs/BENCHMARKS.md)."""
+    cuda = device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+    return 1 if cuda else 2
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -187,13 +196,14 @@ class Engine:
         attention = np.asarray(results[1][:count], dtype=np.float32) if len(results) > 1 else None
         return Outputs(logits=logits, attention=attention)
 
-    def warmup(self, max_batch_size: int, run_batch_size: int = 0) -> None:
+    def warmup(self, max_batch_size: int, run_batch_size: int = 0, instances: int = 1) -> None:
         """Allocate arenas and pick kernels before traffic; settle :attr:`run_batch_size`.
 
-        ``run_batch_size`` 0 means: on CPU, time batch sizes 1..max and keep the one with the
-        lowest time per image (the smallest within 5 %: less latency); on CUDA, the whole batch.
-        On CPUs large batches often run slower per image than small ones (activations leave
-        the caches), so the batcher hands onnxruntime chunks of this size.
+        ``run_batch_size`` 0 means: on CPU, time batch sizes 1..max with ``instances`` calls
+        running at once (as the batcher will run them) and keep the one with the lowest time per
+        image (the smallest within 5 %: less latency); on CUDA, the whole batch. On CPUs large
+        batches often run slower per image than small ones (activations leave the caches), so
+        the batcher hands onnxruntime batches of this size.
         """
         largest = min(max_batch_size, self.static_batch or max_batch_size)
         for size in sorted({1, largest}):
@@ -205,20 +215,27 @@ class Engine:
         elif self.device == "cuda":
             self.run_batch_size = max_batch_size
         else:
-            self.run_batch_size = self._fastest_batch(max_batch_size)
+            self.run_batch_size = self._fastest_batch(max_batch_size, instances)
 
-    def _fastest_batch(self, max_batch_size: int) -> int:
+    def _fastest_batch(self, max_batch_size: int, instances: int) -> int:
         sizes = [s for s in (1, 2, 4, 8, 16, 32, 64) if s <= max_batch_size]
         batches = {size: np.zeros((size, *self.input_shape), np.float32) for size in sizes}
         per_image = dict.fromkeys(sizes, float("inf"))
-        for _ in range(2):  # interleaved rounds, best of each: a passing neighbour skews one size less
-            for size in sizes:
+
+        def repeat(size: int, times: int) -> None:
+            for _ in range(times):
                 self.infer(batches[size])
-                repeats = max(1, 16 // size)
-                start = time.perf_counter()
-                for _ in range(repeats):
+
+        with ThreadPoolExecutor(max_workers=instances, thread_name_prefix="vit-probe") as callers:
+            for _ in range(2):  # interleaved rounds, best of each: a passing neighbour skews one size less
+                for size in sizes:
                     self.infer(batches[size])
-                per_image[size] = min(per_image[size], (time.perf_counter() - start) / (repeats * size))
+                    repeats = max(1, 16 // size)
+                    start = time.perf_counter()
+                    for done in [callers.submit(repeat, size, repeats) for _ in range(instances)]:
+                        done.result()
+                    seconds = (time.perf_counter() - start) / (instances * repeats * size)
+                    per_image[size] = min(per_image[size], seconds)
         best = min(per_image.values())
         chosen = min(size for size, seconds in per_image.items() if seconds <= best * 1.05)
         timings = {size: round(seconds * 1e3, 2) for size, seconds in per_image.items()}

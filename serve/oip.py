@@ -216,7 +216,12 @@ async def infer(name: str, request: Request, server: ServerDep) -> Response:
 async def _infer(name: str, request: Request, server: Server) -> Response:
     engine = _engine_for(server, name)
     body = await request.body()
-    payload, binary = _parse(body, request.headers.get("inference-header-content-length"))
+    header_length = request.headers.get("inference-header-content-length")
+    return await server.while_connected(request, _answer(server, engine, body, header_length))
+
+
+async def _answer(server: Server, engine: Engine, body: bytes, header_length: str | None) -> Response:
+    payload, binary = _parse(body, header_length)
     if len(payload["inputs"]) != 1:
         raise bad(f"expected exactly one input ({engine.input_name!r} or {BYTES_INPUT!r})")
     tensor = payload["inputs"][0]

@@ -7,6 +7,7 @@ Shared by the v1 routes (``serve/app.py``) and the Open Inference Protocol route
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -19,7 +20,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from serve.batcher import Batcher
-from serve.engine import Engine
+from serve.engine import Engine, default_instances
 from serve.errors import ApiError, not_ready
 from serve.inputs import Prepared, Upload, prepare
 from serve.observability import Metrics
@@ -42,6 +43,7 @@ class Server:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
+            instances=settings.instances or default_instances(settings.device),
             on_batch=self.metrics.observe_batch,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
@@ -63,7 +65,7 @@ class Server:
 
     def _build(self, path: Path, engine: Engine | None) -> Engine:
         engine = engine or Engine(path, device=self.settings.device, threads=self.settings.threads)
-        engine.warmup(self.settings.max_batch_size, self.settings.run_batch_size)
+        engine.warmup(self.settings.max_batch_size, self.settings.run_batch_size, self.batcher.instances)
         return engine
 
     async def load(self, path: str | Path | None = None, engine: Engine | None = None) -> Engine:
@@ -101,6 +103,30 @@ class Server:
             jobs = [loop.run_in_executor(self.pool, prepare, u, pre, limit, keep_image) for u in uploads]
             return list(await asyncio.gather(*jobs))
 
+    async def while_connected(self, request: Request, work: Awaitable[T]) -> T:
+        """Await ``work`` unless the client disconnects first; call after the body was read.
+
+        A client that gives up (its own timeout, a closed page) gets its work cancelled, so its
+        queued images are skipped instead of delaying everyone behind them; the request is
+        answered (to nobody) and counted as 499, nginx's "client closed request". Neither
+        Starlette nor uvicorn cancels a handler whose client left: we watch ``receive()``.
+        """
+        answer = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not answer.done():
+                answer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await answer
+        if answer.cancelled():
+            raise ApiError(
+                499, "client_closed_request", "the client disconnected before the answer was ready"
+            )
+        return answer.result()
+
     async def within_deadline(self, work: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(work, self.settings.request_timeout_s)
@@ -108,6 +134,12 @@ class Server:
             raise ApiError(
                 504, "timeout", f"request took longer than {self.settings.request_timeout_s}s"
             ) from exc
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has disconnected (the request body must already be consumed)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def get_server(request: Request) -> Server:

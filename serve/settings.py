@@ -37,6 +37,10 @@ class Settings:
     )
     max_wait_ms: float = field(default=5.0, **_opt("longest wait for a batch to fill, in ms"))
     threads: int = field(default=0, **_opt("onnxruntime intra-op threads (0: one per core)"))
+    instances: int = field(
+        default=0,
+        **_opt("inference calls running at once, like Triton's instance count (0: 2 on CPU, 1 on CUDA)"),
+    )
     preprocess_threads: int = field(default=2, **_opt("threads that decode and preprocess images"))
     max_queue: int = field(default=256, **_opt("images waiting for inference before 503"))
     api_key: str | None = field(default=None, **_opt("require this key (Bearer or X-API-Key)"))
@@ -62,8 +66,8 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
-        if self.threads < 0 or self.run_batch_size < 0 or self.preprocess_threads < 1:
-            raise ValueError("threads and run_batch_size must be >= 0, preprocess_threads >= 1")
+        if min(self.threads, self.run_batch_size, self.instances) < 0 or self.preprocess_threads < 1:
+            raise ValueError("threads, instances and run_batch_size must be >= 0, preprocess_threads >= 1")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
 

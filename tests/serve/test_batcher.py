@@ -89,7 +89,7 @@ def test_queue_fills_while_a_batch_runs_and_respects_max_batch() -> None:
     run(main())
 
 
-def test_batches_run_in_chunks_of_the_engine_run_batch_size() -> None:
+def test_batches_hold_at_most_the_engine_run_batch_size() -> None:
     async def main() -> None:
         engine = FakeEngine()
         engine.run_batch_size = 2
@@ -97,11 +97,43 @@ def test_batches_run_in_chunks_of_the_engine_run_batch_size() -> None:
         batcher = Batcher(max_batch_size=8, max_wait_ms=0, on_batch=batches.append)
         batcher.start()
         results = await batcher.submit(engine, [item(v) for v in range(5)])
-        assert batches == [5] and engine.calls == [[0.0, 1.0], [2.0, 3.0], [4.0]]
+        assert batches == [2, 2, 1] and engine.calls == [[0.0, 1.0], [2.0, 3.0], [4.0]]
         assert [r.logits[0] for r in results] == [0, 1, 2, 3, 4]
         await batcher.stop()
 
     run(main())
+
+
+def test_instances_run_batches_at_the_same_time_in_queue_order() -> None:
+    class TwoAtOnce(FakeEngine):
+        """Each call waits until a second call is inside infer too: one worker alone would hang."""
+
+        run_batch_size = 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.both_inside = threading.Barrier(2, timeout=10)
+
+        def infer(self, batch: np.ndarray, with_attention: bool = False) -> Outputs:
+            if float(batch[0, 0]) < 2:
+                self.both_inside.wait()
+            return super().infer(batch, with_attention)
+
+    async def main() -> None:
+        engine = TwoAtOnce()
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0, instances=2)
+        batcher.start()
+        results = await batcher.submit(engine, [item(v) for v in range(4)])
+        assert [r.logits[0] for r in results] == [0, 1, 2, 3]
+        assert sorted(engine.calls) == [[0.0], [1.0], [2.0], [3.0]]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_instances_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="instances"):
+        Batcher(instances=0)
 
 
 def test_a_lone_request_does_not_wait_but_announced_ones_are_awaited() -> None:
