@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,24 @@ def make_model(path: Path) -> None:
     )
 
 
+def images_per_second(engine: Engine, arrays: list[np.ndarray], batch: int, callers: int = 1) -> float:
+    """Throughput of ``callers`` threads each running batches of ``batch`` for >= 2 s and 96 images."""
+    x = np.stack([arrays[i % len(arrays)] for i in range(batch)])
+    engine.infer(x)
+
+    def call_repeatedly() -> int:
+        runs, start = 0, time.perf_counter()
+        while runs * batch < 96 or time.perf_counter() - start < 2:
+            engine.infer(x)
+            runs += 1
+        return runs * batch
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(callers) as pool:
+        images = sum(pool.map(lambda _: call_repeatedly(), range(callers)))
+    return images / (time.perf_counter() - start)
+
+
 def raw_ort(model: Path, images: list[bytes], cpus: set[int] | None) -> dict[str, Any]:
     """Inference alone on preprocessed arrays (the server's session options), batch sweep 1-32."""
     if cpus:
@@ -70,15 +89,9 @@ def raw_ort(model: Path, images: list[bytes], cpus: set[int] | None) -> dict[str
     arrays = [pre(decode_image(d, preprocessing=pre)) for d in images]
     decode_ms = (time.perf_counter() - start) / len(images) * 1000
     engine.warmup(32)
-    sweep = {}
-    for batch in (1, 2, 4, 8, 16, 32):
-        x = np.stack([arrays[i % len(arrays)] for i in range(batch)])
-        engine.infer(x)
-        runs, start = 0, time.perf_counter()
-        while runs * batch < 96 or time.perf_counter() - start < 2:
-            engine.infer(x)
-            runs += 1
-        sweep[batch] = runs * batch / (time.perf_counter() - start)
+    sweep = {batch: images_per_second(engine, arrays, batch) for batch in (1, 2, 4, 8, 16, 32)}
+    # The same session called from two threads at once, as `vit serve --instances 2` runs it.
+    overlapped = {batch: images_per_second(engine, arrays, batch, callers=2) for batch in (1, 2, 4, 8)}
     one = np.stack(arrays[:1])
     latencies = []
     for _ in range(30):
@@ -88,6 +101,7 @@ def raw_ort(model: Path, images: list[bytes], cpus: set[int] | None) -> dict[str
     return {
         "sweep": sweep,
         "best": max(sweep.values()),
+        "two_callers": overlapped,
         "b1_ms": statistics.median(latencies),
         "decode_ms": decode_ms,
     }
@@ -247,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             if name.startswith("vit serve"):  # the batch size its warm-up measured as fastest
                 described = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=10).json()
                 results.setdefault("run_batch_size", {})[name] = described["run_batch_size"]
+                results.setdefault("instances", {})[name] = described["batching"]["instances"]
             signal_group(processes[name], signal.SIGSTOP)
         manifests = {
             name: write_manifest(name.replace(" ", "_"), path, images)
@@ -256,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, (_, port, _, _) in systems.items():  # interleaved: every system at this c, in turn
                 url = f"http://127.0.0.1:{port}"
                 signal_group(processes[name], signal.SIGCONT)
-                wrk(url, manifests[name], concurrency, 2)  # warm-up
+                warm = wrk(url, manifests[name], concurrency, 2)
+                # wrk leaves up to `concurrency` requests in the server when it stops: let the
+                # server finish them (1 s + 1.5x their time at the warm-up's rate), or the next
+                # run starts behind a full queue and its first requests' latency counts it.
+                time.sleep(1.0 + 1.5 * concurrency / max(warm["rps"], 1.0))
                 result = wrk(url, manifests[name], concurrency, args.duration)
                 signal_group(processes[name], signal.SIGSTOP)
                 results.setdefault("servers", {}).setdefault(name, {})[concurrency] = result
@@ -296,7 +315,14 @@ def report(results: dict[str, Any]) -> None:
         "then",
         {b: round(v, 1) for b, v in results["raw_after"]["sweep"].items()},
     )
+    print(
+        "raw onnxruntime img/s by batch, two calls at a time:",
+        {b: round(v, 1) for b, v in results["raw_before"]["two_callers"].items()},
+        "then",
+        {b: round(v, 1) for b, v in results["raw_after"]["two_callers"].items()},
+    )
     print("vit serve run_batch_size (measured at warm-up):", results.get("run_batch_size"))
+    print("vit serve instances:", results.get("instances"))
     print(
         f"best raw ORT {raw:.1f} img/s; b1 latency {results['raw_before']['b1_ms']:.1f} ms; "
         f"decode+preprocess {results['raw_before']['decode_ms']:.1f} ms/image"
