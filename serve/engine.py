@@ -216,6 +216,16 @@ class Engine:
             self.run_batch_size = max_batch_size
         else:
             self.run_batch_size = self._fastest_batch(max_batch_size, instances)
+        self._release_arena()
+
+    def _release_arena(self) -> None:
+        """Hand back the memory the warm-up's largest batches took: onnxruntime's arena keeps
+        its peak otherwise (measured, vit_tiny on 2 cores with 2 instances: 422 -> 117 MB)."""
+        options = ort.RunOptions()
+        devices = "cpu:0;gpu:0" if self.device == "cuda" else "cpu:0"
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
+        batch = np.zeros((self.static_batch or 1, *self.input_shape), self.input_dtype)
+        self.session.run([self.logits_name], {self.input_name: batch}, options)
 
     def _fastest_batch(self, max_batch_size: int, instances: int) -> int:
         sizes = [s for s in (1, 2, 4, 8, 16, 32, 64) if s <= max_batch_size]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -72,6 +74,24 @@ def test_run_batch_size_is_measured_or_given(tiny_model: Path) -> None:
     assert engine.run_batch_size == 3
     engine.warmup(2, run_batch_size=16)
     assert engine.run_batch_size == 2  # never more than the batcher's largest batch
+
+
+def test_warmup_probes_with_concurrent_calls_and_ends_by_shrinking_the_arena(tiny_model: Path) -> None:
+    engine = Engine(tiny_model, device="cpu", threads=1)
+    session_run = engine.session.run
+    calls: list[tuple[str, int, str]] = []
+
+    def recording_run(outputs: Any, feed: dict[str, np.ndarray], options: Any = None) -> Any:
+        shrink = options.get_run_config_entry("memory.enable_memory_arena_shrinkage") if options else ""
+        calls.append((threading.current_thread().name, len(next(iter(feed.values()))), shrink))
+        return session_run(outputs, feed, options)
+
+    engine.session.run = recording_run
+    engine.warmup(4, instances=2)
+    probe_threads = {name for name, _, _ in calls if name.startswith("vit-probe")}
+    assert len(probe_threads) == 2  # the batch sizes were timed with two calls at once
+    assert {size for _, size, _ in calls} == {1, 2, 4}
+    assert calls[-1][1:] == (1, "cpu:0") and not any(shrink for _, _, shrink in calls[:-1])
 
 
 def test_top_k_sorted_clamped_and_stable() -> None:
