@@ -306,9 +306,11 @@ def test_nothing_a_client_sends_is_a_500(client: TestClient) -> None:
 
 
 def test_concurrent_requests_are_batched_and_match_single_inference(
-    client: TestClient, tiny_model: Path
+    make_client: MakeClient, tiny_model: Path
 ) -> None:
-    # Hold the first batch inside the model so the next four requests meet in the queue.
+    # One instance, batches of up to 4 (not the measured size, which may be 1 on this machine);
+    # hold the first batch inside the model so the next four requests meet in the queue.
+    client = make_client(tiny_model, instances=1, run_batch_size=4)
     server = client.app.state.server
     engine, gate = server.engine, threading.Event()
     original = engine.infer
