@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serve.engine import softmax
 from serve.metadata import MetadataError
 from vit.arguments import parse_or_exit_code
 from vit.folder import is_image_file
-from vit.runtime import DEVICES, Classifier, ModelLoadError, image_batches, load_classifier, softmax, top_k
+from vit.runtime import DEVICES, Classifier, ModelLoadError, image_batches, load_classifier, top_k
 
 
 @dataclass
@@ -140,7 +141,11 @@ def report_failures(failed: list[tuple[str, str]]) -> None:
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``vit predict`` and ``vit eval``."""
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime/torch default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads (default: one per usable core for onnxruntime, torch's default)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

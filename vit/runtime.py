@@ -28,31 +28,18 @@ class ModelLoadError(ValueError):
     """MODEL cannot be opened as an ONNX file or a vit checkpoint; the message says why."""
 
 
-def session_options(threads: int | None = None) -> Any:
-    """ORT options: ``threads`` intra-op threads; no spin-waiting (it burns shared CPUs idle)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return options
-
-
 def open_session(model: bytes | str | Path, device: str = "auto", threads: int | None = None) -> Any:
     """An onnxruntime session on the providers the server would pick for ``device``."""
     import onnxruntime as ort
 
-    from serve.engine import EngineError, choose_providers
+    from serve.engine import EngineError, choose_providers, session_options
 
     try:
         providers = choose_providers(device)
     except EngineError as exc:  # --device cuda without onnxruntime-gpu
         raise ModelLoadError(str(exc)) from exc
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=providers)
+    return ort.InferenceSession(source, session_options(threads or 0), providers=providers)
 
 
 @dataclass
@@ -209,12 +196,6 @@ def image_batches(
             height, width = preprocessing.input_size
             images = np.stack([r for _, r in ok]) if ok else np.empty((0, 3, height, width), np.float32)
             yield Batch([item for item, _ in ok], images, failed)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
