@@ -1,6 +1,6 @@
 """Serving benchmark: `vit serve` against raw onnxruntime and the servers users pick instead.
 
-    python scripts/bench_serve.py MODEL IMAGES_DIR [--make-model] [--duration 8] [--requests 10000]
+    python scripts/bench_serve.py MODEL IMAGES_DIR [--make-model] [--duration 8] [--rounds 3] [--requests 10000]
 
 MODEL is a `vit export` ONNX file (``--make-model`` writes a randomly initialised timm
 vit_tiny_patch16_224 there first, with its ``.int8.onnx`` sibling: enough for speed).
@@ -11,8 +11,10 @@ every server, by `wrk` (Debian's; a separate, low-overhead process) at each conc
 In one run, interleaved by concurrency (the servers not being measured are paused with
 SIGSTOP): raw onnxruntime (batch sweep 1-32, before and after), `vit serve` (fp32 and int8),
 LitServe with batching on and off, a naive FastAPI + onnxruntime server and FastAPI + torch
-eager (``scripts/bench_peers.py``). Then `vit serve`'s resident memory over
-``--requests`` requests (a fifth of them malformed) and the disk size of a serving-only install.
+eager (``scripts/bench_peers.py``). ``--rounds N`` repeats all of that N times, each round
+with its own raw onnxruntime sweep; the report (``scripts/bench_serve_report.py``) shows medians
+of per-round ratios. Then `vit serve`'s resident memory over ``--requests`` requests (a fifth of
+them malformed) and the disk size of a serving-only install.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_load import CACHE, PIN, prepare_images, write_manifest, wrk  # noqa: E402
+from bench_serve_report import report  # noqa: E402
 
 from serve.engine import Engine  # noqa: E402
 from serve.preprocess import decode_image  # noqa: E402
@@ -79,32 +82,34 @@ def images_per_second(engine: Engine, arrays: list[np.ndarray], batch: int, call
     return images / (time.perf_counter() - start)
 
 
-def raw_ort(model: Path, images: list[bytes], cpus: set[int] | None) -> dict[str, Any]:
-    """Inference alone on preprocessed arrays (the server's session options), batch sweep 1-32."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)  # the servers' cores; the engine sizes its threads from this
-    engine = Engine(model, device="cpu")
-    pre = engine.metadata.preprocessing
-    start = time.perf_counter()
-    arrays = [pre(decode_image(d, preprocessing=pre)) for d in images]
-    decode_ms = (time.perf_counter() - start) / len(images) * 1000
-    engine.warmup(32)
-    sweep = {batch: images_per_second(engine, arrays, batch) for batch in (1, 2, 4, 8, 16, 32)}
-    # The same session called from two threads at once, as `vit serve --instances 2` runs it.
-    overlapped = {batch: images_per_second(engine, arrays, batch, callers=2) for batch in (1, 2, 4, 8)}
-    one = np.stack(arrays[:1])
-    latencies = []
-    for _ in range(30):
-        t = time.perf_counter()
-        engine.infer(one)
-        latencies.append((time.perf_counter() - t) * 1000)
-    return {
-        "sweep": sweep,
-        "best": max(sweep.values()),
-        "two_callers": overlapped,
-        "b1_ms": statistics.median(latencies),
-        "decode_ms": decode_ms,
-    }
+class RawOrt:
+    """onnxruntime alone on preprocessed arrays, in this process, with the server's session options."""
+
+    def __init__(self, model: Path, images: list[bytes], cpus: set[int] | None) -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # the servers' cores; the engine sizes its threads from this
+        self.engine = Engine(model, device="cpu")
+        pre = self.engine.metadata.preprocessing
+        start = time.perf_counter()
+        self.arrays = [pre(decode_image(d, preprocessing=pre)) for d in images]
+        self.decode_ms = (time.perf_counter() - start) / len(images) * 1000
+        self.engine.warmup(32)
+
+    def sweep(self) -> dict[str, Any]:
+        """img/s by batch size 1-32, and with two calls at a time as `vit serve --instances 2` runs."""
+        sweep = {batch: images_per_second(self.engine, self.arrays, batch) for batch in (1, 2, 4, 8, 16, 32)}
+        two = {batch: images_per_second(self.engine, self.arrays, batch, callers=2) for batch in (1, 2, 4, 8)}
+        return {"sweep": sweep, "best": max(sweep.values()), "two_callers": two}
+
+    def measure(self) -> dict[str, Any]:
+        """The sweep, the median batch-1 latency and the decode + preprocess time per image."""
+        one = np.stack(self.arrays[:1])
+        latencies = []
+        for _ in range(30):
+            t = time.perf_counter()
+            self.engine.infer(one)
+            latencies.append((time.perf_counter() - t) * 1000)
+        return {**self.sweep(), "b1_ms": statistics.median(latencies), "decode_ms": self.decode_ms}
 
 
 def start(name: str, command: list[str], port: int, ready_path: str) -> subprocess.Popen:
@@ -129,6 +134,21 @@ def start(name: str, command: list[str], port: int, ready_path: str) -> subproce
             pass
         time.sleep(0.5)
     raise SystemExit(f"{name} did not become ready")
+
+
+def measure(
+    process: subprocess.Popen, url: str, manifest: Path, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """Resume one server, warm it up, let it drain, measure with wrk, pause it again."""
+    signal_group(process, signal.SIGCONT)
+    warm = wrk(url, manifest, concurrency, 2)
+    # wrk leaves up to `concurrency` requests in the server when it stops: let the server finish
+    # them (1 s + 1.5x their time at the warm-up's rate), or the measured run starts behind a
+    # full queue and its first requests' latency counts it.
+    time.sleep(1.0 + 1.5 * concurrency / max(warm["rps"], 1.0))
+    result = wrk(url, manifest, concurrency, seconds)
+    signal_group(process, signal.SIGSTOP)
+    return result
 
 
 def signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
@@ -179,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "--int8", type=Path, help="int8 model (default: MODEL's .int8.onnx sibling if present)"
     )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat all measurements; the report gives per-round medians"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--images", type=int, default=64, help="distinct images posted")
     parser.add_argument("--size", type=int, default=320, help="short side of the posted JPEGs")
@@ -253,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         "load": os.getloadavg(),
     }
     print(f"raw onnxruntime on {args.model.name} ...", flush=True)
-    results["raw_before"] = raw_ort(args.model, images, cpus)
+    raw = RawOrt(args.model, images, cpus)
+    results["raw_before"] = raw.measure()
+    rounds: list[dict[str, Any]] = []
+    results["rounds"] = rounds
     processes = {}
     try:
         for name, (command, port, _, ready) in systems.items():
@@ -267,24 +293,33 @@ def main(argv: list[str] | None = None) -> int:
             name: write_manifest(name.replace(" ", "_"), path, images)
             for name, (_, _, path, _) in systems.items()
         }
-        for concurrency in args.concurrency:
-            for name, (_, port, _, _) in systems.items():  # interleaved: every system at this c, in turn
-                url = f"http://127.0.0.1:{port}"
-                signal_group(processes[name], signal.SIGCONT)
-                warm = wrk(url, manifests[name], concurrency, 2)
-                # wrk leaves up to `concurrency` requests in the server when it stops: let the
-                # server finish them (1 s + 1.5x their time at the warm-up's rate), or the next
-                # run starts behind a full queue and its first requests' latency counts it.
-                time.sleep(1.0 + 1.5 * concurrency / max(warm["rps"], 1.0))
-                result = wrk(url, manifests[name], concurrency, args.duration)
-                signal_group(processes[name], signal.SIGSTOP)
-                results.setdefault("servers", {}).setdefault(name, {})[concurrency] = result
-                args.out.write_text(json.dumps(results, indent=1))  # partial results survive a cut-off run
-                print(
-                    f"{name:22s} c={concurrency:<3d} {result['rps']:7.1f} req/s  p50 {result['p50_us'] / 1000:7.1f} ms"
-                    f"  p99 {result['p99_us'] / 1000:7.1f} ms  non-2xx {result['non_2xx']}",
-                    flush=True,
-                )
+        for index in range(args.rounds):
+            # Each round has its own raw onnxruntime sweep (all servers paused), so every server
+            # number is compared with raw inference measured minutes, not a quarter hour, away.
+            current: dict[str, Any] = {
+                "raw": results["raw_before"] if index == 0 else raw.sweep(),
+                "servers": {},
+            }
+            rounds.append(current)
+            for concurrency in args.concurrency:
+                for name, (_, port, _, _) in systems.items():  # interleaved: every system at this c, in turn
+                    result = measure(
+                        processes[name],
+                        f"http://127.0.0.1:{port}",
+                        manifests[name],
+                        concurrency,
+                        args.duration,
+                    )
+                    current["servers"].setdefault(name, {})[concurrency] = result
+                    args.out.write_text(
+                        json.dumps(results, indent=1)
+                    )  # partial results survive a cut-off run
+                    print(
+                        f"round {index + 1} {name:22s} c={concurrency:<3d} {result['rps']:7.1f} req/s  "
+                        f"p50 {result['p50_us'] / 1000:7.1f} ms  p99 {result['p99_us'] / 1000:7.1f} ms  "
+                        f"non-2xx {result['non_2xx']}",
+                        flush=True,
+                    )
         if args.requests and "vit serve" in processes:
             bad = write_manifest("memory", "/v1/classify", images, malformed=True)
             signal_group(processes["vit serve"], signal.SIGCONT)
@@ -298,75 +333,12 @@ def main(argv: list[str] | None = None) -> int:
             signal_group(process, signal.SIGTERM)
         for process in processes.values():
             process.wait(30)
-    results["raw_after"] = raw_ort(args.model, images, cpus)
+    results["raw_after"] = raw.measure()
     if not args.no_install_size:
         results["install_mb"] = install_size()
     args.out.write_text(json.dumps(results, indent=1))
     report(results)
     return 0
-
-
-def report(results: dict[str, Any]) -> None:
-    raw = max(results["raw_before"]["best"], results["raw_after"]["best"])
-    servers = results.get("servers", {})
-    print(
-        "\nraw onnxruntime img/s by batch:",
-        {b: round(v, 1) for b, v in results["raw_before"]["sweep"].items()},
-        "then",
-        {b: round(v, 1) for b, v in results["raw_after"]["sweep"].items()},
-    )
-    print(
-        "raw onnxruntime img/s by batch, two calls at a time:",
-        {b: round(v, 1) for b, v in results["raw_before"]["two_callers"].items()},
-        "then",
-        {b: round(v, 1) for b, v in results["raw_after"]["two_callers"].items()},
-    )
-    print("vit serve run_batch_size (measured at warm-up):", results.get("run_batch_size"))
-    print("vit serve instances:", results.get("instances"))
-    print(
-        f"best raw ORT {raw:.1f} img/s; b1 latency {results['raw_before']['b1_ms']:.1f} ms; "
-        f"decode+preprocess {results['raw_before']['decode_ms']:.1f} ms/image"
-    )
-    print(
-        "\n| system | c | req/s | x raw ORT | p50 ms | p95 ms | p99 ms | p99/p50 |\n|---|---|---|---|---|---|---|---|"
-    )
-    for name, by_c in servers.items():
-        for c, r in by_c.items():
-            print(
-                f"| {name} | {c} | {r['rps']:.1f} | {r['rps'] / raw:.2f} | {r['p50_us'] / 1e3:.1f} | "
-                f"{r['p95_us'] / 1e3:.1f} | {r['p99_us'] / 1e3:.1f} | {r['p99_us'] / max(r['p50_us'], 1):.2f} |"
-            )
-    ours = servers.get("vit serve", {})
-    top = max(ours) if ours else None
-    if top is not None:
-        peers = {
-            n: by_c[top]["rps"]
-            for n, by_c in servers.items()
-            if not n.startswith("vit serve") and top in by_c
-        }
-        ratios = ", ".join(f"{n} {ours[top]['rps'] / v:.2f}x" for n, v in peers.items())
-        print(
-            f"\ntargets at c={top}: throughput {ours[top]['rps'] / raw:.2f}x raw ORT (>= 0.95); "
-            f"vs peers {ratios} (>= 1); p99/p50 {ours[top]['p99_us'] / ours[top]['p50_us']:.2f} (<= 1.3)"
-        )
-        if "FastAPI+torch eager" in peers and "vit serve int8" in servers:
-            print(
-                f"int8 vs torch eager: {servers['vit serve int8'][top]['rps'] / peers['FastAPI+torch eager']:.2f}x (>= 2.5)"
-            )
-    if 1 in ours:
-        budget = results["raw_before"]["b1_ms"] + results["raw_before"]["decode_ms"]
-        print(
-            f"c=1 p50 {ours[1]['p50_us'] / 1e3:.1f} ms vs ORT b1 + decode {budget:.1f} ms "
-            f"(+{ours[1]['p50_us'] / 1e3 - budget:.1f} ms; target <= 3)"
-        )
-    if "memory" in results:
-        rss = results["memory"]["rss_mb"]
-        print(
-            f"RSS over {results['memory']['requests']} requests ({results['memory']['non_2xx']} malformed): "
-            f"first {rss[0]:.0f} MB, last {rss[-1]:.0f} MB, min {min(rss):.0f}, max {max(rss):.0f} (< 500, flat +-50)"
-        )
-    if "install_mb" in results:
-        print(f"serving-only install: {results['install_mb']:.0f} MB (< 300)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""The report of `scripts/bench_serve.py`: per-round medians, ratios and the issue's targets.
+
+    python scripts/bench_serve_report.py [RESULTS_JSON]   # re-print a saved run (default: the last)
+
+Every ratio is taken within a round (a server against the raw onnxruntime sweep of its own
+round, or against a peer measured minutes apart) and then the median over rounds is shown: on
+a shared machine whose speed drifts by 25% within minutes, ratios of numbers measured a quarter
+of an hour apart say more about the machine than about the servers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RESULTS = Path.home() / ".cache" / "vit-bench" / "bench_serve.json"
+
+
+def per_round(rounds: list[dict[str, Any]], value: Any) -> float | None:
+    """Median over rounds of ``value(round)``; rounds where it is None (a system missing) are left out."""
+    values = [v for v in (value(r) for r in rounds) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def report(results: dict[str, Any]) -> None:
+    rounds = [  # concurrency keys as ints (JSON made them strings)
+        {**r, "servers": {n: {int(c): m for c, m in by_c.items()} for n, by_c in r["servers"].items()}}
+        for r in results["rounds"]
+    ]
+
+    def run(name: str, c: int) -> Any:
+        return lambda r: r["servers"].get(name, {}).get(c)
+
+    def stat(name: str, c: int, key: Callable[[dict[str, Any], dict[str, Any]], float]) -> float | None:
+        return per_round(rounds, lambda r: key(run(name, c)(r), r) if run(name, c)(r) else None)
+
+    for when in ("raw_before", "raw_after"):
+        raw = results[when]
+        print(
+            f"\n{when}: img/s by batch { ({b: round(v, 1) for b, v in raw['sweep'].items()}) }; "
+            f"two calls at a time { ({b: round(v, 1) for b, v in raw['two_callers'].items()}) }"
+        )
+    print("best raw ORT img/s by round:", [round(r["raw"]["best"], 1) for r in rounds])
+    print("vit serve run_batch_size (measured at warm-up):", results.get("run_batch_size"))
+    print("vit serve instances:", results.get("instances"))
+    before = results["raw_before"]
+    print(f"b1 latency {before['b1_ms']:.1f} ms; decode+preprocess {before['decode_ms']:.1f} ms/image")
+    print(f"\nmedians over {len(rounds)} round(s); x raw ORT: against the best raw ORT of the same round")
+    print(
+        "\n| system | c | req/s | x raw ORT | p50 ms | p95 ms | p99 ms | p99/p50 |\n|---|---|---|---|---|---|---|---|"
+    )
+    systems = list(rounds[0]["servers"])
+    concurrencies = sorted({c for r in rounds for by_c in r["servers"].values() for c in by_c})
+    for name in systems:
+        for c in concurrencies:
+            cells = [
+                stat(name, c, lambda m, r: m["rps"]),
+                stat(name, c, lambda m, r: m["rps"] / r["raw"]["best"]),
+                *(stat(name, c, lambda m, r, k=k: m[k] / 1e3) for k in ("p50_us", "p95_us", "p99_us")),
+                stat(name, c, lambda m, r: m["p99_us"] / max(m["p50_us"], 1)),
+            ]
+            if cells[0] is not None:
+                rps, ratio, p50, p95, p99, tail = cells
+                print(
+                    f"| {name} | {c} | {rps:.1f} | {ratio:.2f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {tail:.2f} |"
+                )
+    if "vit serve" in systems:
+        top = concurrencies[-1]
+
+        def versus(other: str) -> float | None:
+            ours, theirs = run("vit serve", top), run(other, top)
+            return per_round(
+                rounds, lambda r: ours(r)["rps"] / theirs(r)["rps"] if ours(r) and theirs(r) else None
+            )
+
+        peers = {n: versus(n) for n in systems if not n.startswith("vit serve")}
+        print(
+            f"\ntargets at c={top} (medians of per-round ratios): throughput "
+            f"{stat('vit serve', top, lambda m, r: m['rps'] / r['raw']['best']):.2f}x raw ORT (>= 0.95); "
+            f"vs peers {', '.join(f'{n} {v:.2f}x' for n, v in peers.items())} (>= 1); "
+            f"p99/p50 {stat('vit serve', top, lambda m, r: m['p99_us'] / m['p50_us']):.2f} (<= 1.3)"
+        )
+        if "FastAPI+torch eager" in systems and "vit serve int8" in systems:
+            int8, torch = run("vit serve int8", top), run("FastAPI+torch eager", top)
+            speedup = per_round(rounds, lambda r: int8(r)["rps"] / torch(r)["rps"])
+            print(f"int8 vs torch eager: {speedup:.2f}x (>= 2.5)")
+        if 1 in concurrencies:
+            budget = before["b1_ms"] + before["decode_ms"]
+            p50 = stat("vit serve", 1, lambda m, r: m["p50_us"] / 1e3)
+            print(
+                f"c=1 p50 {p50:.1f} ms vs ORT b1 + decode {budget:.1f} ms (+{p50 - budget:.1f} ms; target <= 3)"
+            )
+    if "memory" in results:
+        rss = results["memory"]["rss_mb"]
+        print(
+            f"RSS over {results['memory']['requests']} requests ({results['memory']['non_2xx']} malformed): "
+            f"first {rss[0]:.0f} MB, last {rss[-1]:.0f} MB, min {min(rss):.0f}, max {max(rss):.0f} (< 500, flat +-50)"
+        )
+    if "install_mb" in results:
+        print(f"serving-only install: {results['install_mb']:.0f} MB (< 300)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    results = json.loads(Path(args[0] if args else DEFAULT_RESULTS).read_text())
+    if "rounds" not in results:  # a run from before rounds existed: one round
+        results["rounds"] = [{"raw": results["raw_before"], "servers": results["servers"]}]
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
