@@ -33,7 +33,7 @@ class Settings:
     device: str = field(default="auto", **_opt("auto (CUDA when available), cpu or cuda", choices=DEVICES))
     max_batch_size: int = field(default=32, **_opt("most images taken from the queue as one batch"))
     run_batch_size: int = field(
-        default=0, **_opt("images per onnxruntime call; larger batches run in chunks (0: fastest, measured)")
+        default=0, **_opt("most images per onnxruntime call (0: on CPU the fastest, measured at warm-up)")
     )
     max_wait_ms: float = field(default=5.0, **_opt("longest wait for a batch to fill, in ms"))
     threads: int = field(default=0, **_opt("onnxruntime intra-op threads (0: one per core)"))
