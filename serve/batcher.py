@@ -52,6 +52,13 @@ class _Item:
     enqueued: float
 
 
+def _fail(items: list[_Item], exc: BaseException) -> None:
+    """Fail the requests of these images that are still waiting."""
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
 def _infer(engine: Engine, arrays: list[np.ndarray], with_attention: bool):
     # Stacking a large batch is a ~20 MB copy: do it here, off the event loop.
     return engine.infer(np.stack(arrays), with_attention=with_attention)
@@ -176,9 +183,7 @@ class Batcher:
                 await self._run(loop, items)
             except Exception as exc:  # a worker must outlive any bug: fail these requests, go on
                 log.exception("batcher error")
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                _fail(items, exc)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
         engine = items[0].engine
@@ -192,9 +197,7 @@ class Batcher:
             )
         except Exception as exc:  # a model error fails this batch's requests, never the worker
             log.exception("inference failed for a batch of %d", len(items))
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            _fail(items, exc)
             return
         for row, item in enumerate(items):
             if not item.future.done():
@@ -219,7 +222,5 @@ class Batcher:
         self._held.clear()
         while not self._queue.empty():
             leftovers.append(self._queue.get_nowait())
-        for item in leftovers:
-            if not item.future.done():
-                item.future.set_exception(OverloadedError("server is shutting down"))
+        _fail(leftovers, OverloadedError("server is shutting down"))
         self._executor.shutdown(wait=True)
