@@ -311,9 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.duration,
                     )
                     current["servers"].setdefault(name, {})[concurrency] = result
-                    args.out.write_text(
-                        json.dumps(results, indent=1)
-                    )  # partial results survive a cut-off run
+                    # Partial results survive a cut-off run.
+                    args.out.write_text(json.dumps(results, indent=1))
                     print(
                         f"round {index + 1} {name:22s} c={concurrency:<3d} {result['rps']:7.1f} req/s  "
                         f"p50 {result['p50_us'] / 1000:7.1f} ms  p99 {result['p99_us'] / 1000:7.1f} ms  "

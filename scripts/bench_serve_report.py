@@ -71,13 +71,12 @@ def report(results: dict[str, Any]) -> None:
     if "vit serve" in systems:
         top = concurrencies[-1]
 
-        def versus(other: str) -> float | None:
-            ours, theirs = run("vit serve", top), run(other, top)
-            return per_round(
-                rounds, lambda r: ours(r)["rps"] / theirs(r)["rps"] if ours(r) and theirs(r) else None
-            )
+        def versus(ours: str, other: str) -> float | None:
+            """Median over rounds of ``ours``' req/s over ``other``'s at the top concurrency."""
+            a, b = run(ours, top), run(other, top)
+            return per_round(rounds, lambda r: a(r)["rps"] / b(r)["rps"] if a(r) and b(r) else None)
 
-        peers = {n: versus(n) for n in systems if not n.startswith("vit serve")}
+        peers = {n: versus("vit serve", n) for n in systems if not n.startswith("vit serve")}
         print(
             f"\ntargets at c={top} (medians of per-round ratios): throughput "
             f"{stat('vit serve', top, lambda m, r: m['rps'] / r['raw']['best']):.2f}x raw ORT (>= 0.95); "
@@ -85,9 +84,7 @@ def report(results: dict[str, Any]) -> None:
             f"p99/p50 {stat('vit serve', top, lambda m, r: m['p99_us'] / m['p50_us']):.2f} (<= 1.3)"
         )
         if "FastAPI+torch eager" in systems and "vit serve int8" in systems:
-            int8, torch = run("vit serve int8", top), run("FastAPI+torch eager", top)
-            speedup = per_round(rounds, lambda r: int8(r)["rps"] / torch(r)["rps"])
-            print(f"int8 vs torch eager: {speedup:.2f}x (>= 2.5)")
+            print(f"int8 vs torch eager: {versus('vit serve int8', 'FastAPI+torch eager'):.2f}x (>= 2.5)")
         if 1 in concurrencies:
             budget = before["b1_ms"] + before["decode_ms"]
             p50 = stat("vit serve", 1, lambda m, r: m["p50_us"] / 1e3)
