@@ -120,7 +120,7 @@ def _small_image_defaults(**overrides: Any) -> dict[str, Any]:
 @register_model
 def vit_convstem_nano_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """A stride-1 3x3 layer (32) and two stride-2 layers (64-128) -> 8x8 tokens at 32 px, 4 blocks of
-    width 128 (4 heads), MLP ratio 2, average-pooled: ~0.63M params. The CIFAR-10 recipe's model
+    width 128 (4 heads), MLP ratio 2, average-pooled: ~0.65M params. The CIFAR-10 recipe's model
     (configs/cifar10.yaml): on 2 CPU cores it learns the most per minute of the stems measured."""
     stem = partial(ConvPatchEmbed, stem_width=32)
     args = _small_image_defaults(patch_size=4, embed_dim=128, depth=4, num_heads=4, embed_layer=stem)
