@@ -78,6 +78,8 @@ def add_routes(app: FastAPI) -> None:
             "max_batch_size": settings.max_batch_size,
             "max_wait_ms": settings.max_wait_ms,
             "instances": server.batcher.instances,
+            "threads": engine.threads,  # intra-op threads of a lone request's call
+            "instance_threads": engine.instance_threads,  # and of each instance's batch call
         }
         return {"name": server.name, **engine.describe(), "batching": batching}
 
@@ -91,8 +93,7 @@ def add_routes(app: FastAPI) -> None:
             return await server.while_connected(request, answer(engine, uploads, many))
 
         async def answer(engine: Engine, uploads: list[Upload], many: bool) -> Response:
-            prepared = await server.prepare(engine, uploads)
-            results = await server.batcher.submit(engine, [p.array for p in prepared])
+            _, results = await server.infer(engine, uploads)
             answers = [
                 _result(server.name, [p.as_dict() for p in _top(r.logits, r.engine, top_k)]) for r in results
             ]
@@ -117,8 +118,7 @@ def add_routes(app: FastAPI) -> None:
             return await server.while_connected(request, answer(engine, uploads, many, want_png))
 
         async def answer(engine: Engine, uploads: list[Upload], many: bool, want_png: bool) -> Response:
-            prepared = await server.prepare(engine, uploads, keep_image=True)
-            results = await server.batcher.submit(engine, [p.array for p in prepared], with_attention=True)
+            prepared, results = await server.infer(engine, uploads, with_attention=True, keep_image=True)
             if want_png:
                 loop = asyncio.get_running_loop()
                 png = await loop.run_in_executor(server.pool, _overlay_png, prepared[0], results[0].attention)

@@ -4,12 +4,17 @@ A worker that is free takes the oldest queued image and closes its batch when it
 engine's ``run_batch_size`` images (``max_batch_size`` when unset; on CPUs small batches are
 faster per image), or ``max_wait_ms`` after that image was queued (Triton's
 ``max_queue_delay``), or at once when no other image is on its way (being decoded, see
-:meth:`Batcher.incoming`): a lone request never waits for company. While batches run the queue
-fills, so under load batches grow on their own. ``instances`` workers (Triton's
-``instance_group`` count) run that many batches at the same time, each on its own thread, never
-on the event loop: on a 2-core CPU two overlapping onnxruntime calls keep both cores busy
-through each call's serial stretches (docs/BENCHMARKS.md). Each queued image carries the engine
-it was preprocessed for, so a hot reload never mixes models inside a batch and requests already
+:meth:`Batcher.incoming`): a lone request never waits for company. A one-image request that
+finds the batcher idle skips the queue altogether (:meth:`Batcher.alone`): decoding and
+inference run in one call on an inference thread, saving the hand-offs between the
+preprocessing pool, the event loop, a worker and the inference thread that batching needs.
+
+While batches run the queue fills, so under load batches grow on their own. ``instances``
+workers (Triton's ``instance_group`` count) run that many batches at the same time, each on its
+own thread and its instance's session (:meth:`serve.engine.Engine.warmup`), never on the event
+loop: on a 2-core CPU two single-threaded calls at once keep both cores busy with no
+thread-pool hand-offs (docs/BENCHMARKS.md). Each queued image carries the engine it was
+preprocessed for, so a hot reload never mixes models inside a batch and requests already
 queued finish on the engine they started with.
 """
 
@@ -22,12 +27,20 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 
-from serve.engine import Engine
+from serve.engine import Engine, Outputs
 
 log = logging.getLogger("serve.batcher")
+
+
+class HasArray(Protocol):
+    array: np.ndarray
+
+
+P = TypeVar("P", bound=HasArray)
 
 
 class OverloadedError(RuntimeError):
@@ -59,9 +72,9 @@ def _fail(items: list[_Item], exc: BaseException) -> None:
             item.future.set_exception(exc)
 
 
-def _infer(engine: Engine, arrays: list[np.ndarray], with_attention: bool):
+def _infer(engine: Engine, arrays: list[np.ndarray], with_attention: bool, instance: int) -> Outputs:
     # Stacking a large batch is a ~20 MB copy: do it here, off the event loop.
-    return engine.infer(np.stack(arrays), with_attention=with_attention)
+    return engine.infer(np.stack(arrays), with_attention=with_attention, instance=instance)
 
 
 class Batcher:
@@ -97,6 +110,36 @@ class Batcher:
         """Images waiting for or inside inference."""
         return self._pending
 
+    def idle(self) -> bool:
+        """Nothing queued, running or being decoded: a request now would be a batch of its own."""
+        return self._pending == 0 and self._incoming == 0
+
+    async def alone(
+        self, engine: Engine, prepare: Callable[[], P], with_attention: bool = False
+    ) -> tuple[P, ItemResult]:
+        """Decode (``prepare()``) and infer one image in a single call on an inference thread.
+
+        For a request that finds the batcher :meth:`idle`; it counts as a batch of one and keeps
+        the batcher busy meanwhile, so requests arriving during it are queued and batched.
+        """
+        if not self._tasks:
+            raise RuntimeError("Batcher.start() was not called")
+
+        def run() -> tuple[P, Outputs]:
+            prepared = prepare()
+            return prepared, engine.infer(prepared.array[None], with_attention=with_attention)
+
+        loop = asyncio.get_running_loop()
+        self._pending += 1
+        try:
+            prepared, outputs = await loop.run_in_executor(self._executor, run)
+        finally:
+            self._pending -= 1
+        if self.on_batch is not None:
+            self.on_batch(1)
+        attention = outputs.attention[0] if outputs.attention is not None else None
+        return prepared, ItemResult(outputs.logits[0], attention, engine)
+
     @contextlib.contextmanager
     def incoming(self, count: int) -> Iterator[None]:
         """Announce images about to be decoded, so an open batch waits for them.
@@ -116,7 +159,7 @@ class Batcher:
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [
-                loop.create_task(self._work(), name=f"vit-batcher-{i}") for i in range(self.instances)
+                loop.create_task(self._work(i), name=f"vit-batcher-{i}") for i in range(self.instances)
             ]
 
     async def submit(
@@ -149,10 +192,14 @@ class Batcher:
             return self._queue.get_nowait()
         return await asyncio.wait_for(self._queue.get(), timeout)
 
-    async def _collect(self) -> list[_Item]:
-        """Wait for one image, then take more of the same engine until the batch is full or due."""
+    async def _collect(self, items: list[_Item]) -> None:
+        """Wait for one image, then take more of the same engine until the batch is full or due.
+
+        Images are appended to ``items`` as they are taken, so a worker cancelled meanwhile
+        (shutdown) still knows which requests it holds.
+        """
         first = await self._next()
-        items = [first]
+        items.append(first)
         loop = asyncio.get_running_loop()
         deadline = first.enqueued + self.max_wait
         limit = min(first.engine.run_batch_size or self.max_batch_size, self.max_batch_size)
@@ -169,23 +216,28 @@ class Batcher:
                 self._held.appendleft(item)
                 break
             items.append(item)
-        return [item for item in items if not item.future.done()]
 
-    async def _work(self) -> None:
+    async def _work(self, instance: int) -> None:
+        """Worker ``instance``: collect batches and run them on that instance's session."""
         loop = asyncio.get_running_loop()
         while True:
-            items = await self._collect()
-            if not items:
-                continue
+            items: list[_Item] = []
             try:
+                await self._collect(items)
+                items = [item for item in items if not item.future.done()]
+                if not items:
+                    continue
                 if self.on_batch is not None:
                     self.on_batch(len(items))
-                await self._run(loop, items)
+                await self._run(loop, items, instance)
+            except asyncio.CancelledError:  # shutdown: the images this worker holds are not run
+                _fail(items, OverloadedError("server is shutting down"))
+                raise
             except Exception as exc:  # a worker must outlive any bug: fail these requests, go on
                 log.exception("batcher error")
                 _fail(items, exc)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, items: list[_Item], instance: int) -> None:
         engine = items[0].engine
         try:
             outputs = await loop.run_in_executor(
@@ -194,6 +246,7 @@ class Batcher:
                 engine,
                 [item.array for item in items],
                 any(item.with_attention for item in items),
+                instance,
             )
         except Exception as exc:  # a model error fails this batch's requests, never the worker
             log.exception("inference failed for a batch of %d", len(items))

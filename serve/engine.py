@@ -1,4 +1,4 @@
-"""The model adapter: one onnxruntime session and the arithmetic around it (torch-free).
+"""The model adapter: onnxruntime sessions and the arithmetic around them (torch-free).
 
 Transport (HTTP, queues, batching) lives elsewhere; this file only knows how to load a
 self-describing ONNX file, run a batch of preprocessed images and turn logits into labels.
@@ -78,8 +78,9 @@ def choose_providers(device: str) -> list[Any]:
 
 def default_instances(device: str) -> int:
     """Concurrent inference calls when not configured: 1 on CUDA (one large batch keeps the GPU
-    busy), 2 on CPUs: measured on 2 cores, two overlapping batch-1 calls give 1.15-1.2x the
-    images per second of the best single call at any batch size (docs/BENCHMARKS.md)."""
+    busy), 2 on CPUs: measured on 2 cores, two single-threaded calls at once (one session per
+    instance) gave about 1.1x the images per second of the best two-threaded call at any batch
+    size (docs/BENCHMARKS.md)."""
     cuda = device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
     return 1 if cuda else 2
 
@@ -108,21 +109,24 @@ def file_sha256(path: Path) -> str:
 
 
 class Engine:
-    """A loaded, warmed-up model: ``infer`` a preprocessed batch, read labels from metadata."""
+    """A loaded, warmed-up model: ``infer`` a preprocessed batch, read labels from metadata.
+
+    ``session`` has all ``threads`` (lowest latency for one call). :meth:`warmup` with
+    ``instances`` > 1 on a CPU adds sessions with ``threads // instances`` intra-op threads for
+    the instances' calls, one per instance as Triton gives each ``instance_group`` instance its
+    own session (one shared session when that is a single thread: it has no pool to contend
+    for): calls running at once then split the cores instead of contending for one pool.
+    """
 
     def __init__(self, path: str | Path, *, device: str = "auto", threads: int = 0) -> None:
         start = time.perf_counter()
         self.path = Path(path)
         if not self.path.is_file():
             raise EngineError(f"{self.path}: no such model file")
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=session_options(threads), providers=choose_providers(device)
-            )
-        except EngineError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported files
-            raise EngineError(f"{self.path}: onnxruntime cannot load it ({exc})") from exc
+        self.threads = threads or cpu_count()
+        self.session = self._open(self.threads, choose_providers(device))
+        self.instance_sessions: list[ort.InferenceSession] = []  # set by warmup()
+        self.instance_threads = self.threads  # intra-op threads of an instance's call
         self.providers = self.session.get_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             raise EngineError(f"{self.path}: --device cuda but onnxruntime fell back to {self.providers}")
@@ -133,6 +137,14 @@ class Engine:
         self.file_sha256 = file_sha256(self.path)
         self._bind_io()
         self.load_seconds = time.perf_counter() - start
+
+    def _open(self, threads: int, providers: list[Any]) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(
+                str(self.path), sess_options=session_options(threads), providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported files
+            raise EngineError(f"{self.path}: onnxruntime cannot load it ({exc})") from exc
 
     def _bind_io(self) -> None:
         """Find the image input and the logits/attention outputs; check they fit the metadata."""
@@ -182,8 +194,12 @@ class Engine:
     def device(self) -> str:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
-    def infer(self, batch: np.ndarray, with_attention: bool = False) -> Outputs:
-        """Preprocessed float batch [N, 3, H, W] -> logits (and attention when asked and present)."""
+    def infer(self, batch: np.ndarray, with_attention: bool = False, instance: int | None = None) -> Outputs:
+        """Preprocessed float batch [N, 3, H, W] -> logits (and attention when asked and present).
+
+        ``instance``: run on that instance's session (see :meth:`warmup`); else on the session
+        with all threads.
+        """
         count = batch.shape[0]
         if self.static_batch is not None and count < self.static_batch:
             padding = np.zeros((self.static_batch - count, *batch.shape[1:]), batch.dtype)
@@ -191,23 +207,36 @@ class Engine:
         wanted = [self.logits_name]
         if with_attention and self.attention_name:
             wanted.append(self.attention_name)
-        results = self.session.run(wanted, {self.input_name: batch.astype(self.input_dtype, copy=False)})
+        sessions = self.instance_sessions
+        session = sessions[instance % len(sessions)] if instance is not None and sessions else self.session
+        results = session.run(wanted, {self.input_name: batch.astype(self.input_dtype, copy=False)})
         logits = np.asarray(results[0][:count], dtype=np.float32)
         attention = np.asarray(results[1][:count], dtype=np.float32) if len(results) > 1 else None
         return Outputs(logits=logits, attention=attention)
 
     def warmup(self, max_batch_size: int, run_batch_size: int = 0, instances: int = 1) -> None:
-        """Allocate arenas and pick kernels before traffic; settle :attr:`run_batch_size`.
+        """Open the instances' sessions, allocate arenas and pick kernels before traffic; settle
+        :attr:`run_batch_size`.
 
-        ``run_batch_size`` 0 means: on CPU, time batch sizes 1..max with ``instances`` calls
-        running at once (as the batcher will run them) and keep the one with the lowest time per
-        image (the smallest within 5 %: less latency); on CUDA, the whole batch. On CPUs large
-        batches often run slower per image than small ones (activations leave the caches), so
-        the batcher hands onnxruntime batches of this size.
+        ``instances`` > 1 on CPU: sessions with ``threads // instances`` threads (at least 1)
+        for the instances' calls. ``run_batch_size`` 0 means: on CPU, time batch sizes 1..max with
+        ``instances`` calls running at once (as the batcher will run them) and keep the one
+        with the lowest time per image (the smallest within 5 %: less latency); on CUDA, the
+        whole batch. On CPUs large batches often run slower per image than small ones
+        (activations leave the caches), so the batcher hands onnxruntime batches of this size.
         """
+        if instances > 1 and self.device == "cpu" and not self.instance_sessions:
+            providers = self.session.get_providers()
+            self.instance_threads = max(1, self.threads // instances)
+            # A single-threaded session has no thread pool to contend for: calls at once each run
+            # on their caller's thread, so one such session (one copy of the weights) serves all.
+            count = instances if self.instance_threads > 1 else 1
+            self.instance_sessions = [self._open(self.instance_threads, providers) for _ in range(count)]
         largest = min(max_batch_size, self.static_batch or max_batch_size)
-        for size in sorted({1, largest}):
-            self.infer(np.zeros((size, *self.input_shape), np.float32), with_attention=self.has_attention)
+        for session in (None, *range(len(self.instance_sessions))):
+            for size in sorted({1, largest}):
+                batch = np.zeros((size, *self.input_shape), np.float32)
+                self.infer(batch, with_attention=self.has_attention, instance=session)
         if self.static_batch:
             self.run_batch_size = self.static_batch
         elif run_batch_size > 0:
@@ -225,24 +254,25 @@ class Engine:
         devices = "cpu:0;gpu:0" if self.device == "cuda" else "cpu:0"
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
         batch = np.zeros((self.static_batch or 1, *self.input_shape), self.input_dtype)
-        self.session.run([self.logits_name], {self.input_name: batch}, options)
+        for session in (self.session, *self.instance_sessions):
+            session.run([self.logits_name], {self.input_name: batch}, options)
 
     def _fastest_batch(self, max_batch_size: int, instances: int) -> int:
         sizes = [s for s in (1, 2, 4, 8, 16, 32, 64) if s <= max_batch_size]
         batches = {size: np.zeros((size, *self.input_shape), np.float32) for size in sizes}
         per_image = dict.fromkeys(sizes, float("inf"))
 
-        def repeat(size: int, times: int) -> None:
+        def repeat(size: int, times: int, instance: int) -> None:
             for _ in range(times):
-                self.infer(batches[size])
+                self.infer(batches[size], instance=instance)
 
         with ThreadPoolExecutor(max_workers=instances, thread_name_prefix="vit-probe") as callers:
             for _ in range(2):  # interleaved rounds, best of each: a passing neighbour skews one size less
                 for size in sizes:
-                    self.infer(batches[size])
+                    repeat(size, 1, 0)
                     repeats = max(1, 16 // size)
                     start = time.perf_counter()
-                    for done in [callers.submit(repeat, size, repeats) for _ in range(instances)]:
+                    for done in [callers.submit(repeat, size, repeats, i) for i in range(instances)]:
                         done.result()
                     seconds = (time.perf_counter() - start) / (instances * repeats * size)
                     per_image[size] = min(per_image[size], seconds)

@@ -13,13 +13,14 @@ import logging
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel
 
-from serve.batcher import Batcher
+from serve.batcher import Batcher, ItemResult
 from serve.engine import Engine, default_instances
 from serve.errors import ApiError, not_ready
 from serve.inputs import Prepared, Upload, prepare
@@ -102,6 +103,23 @@ class Server:
         with self.batcher.incoming(len(uploads)):
             jobs = [loop.run_in_executor(self.pool, prepare, u, pre, limit, keep_image) for u in uploads]
             return list(await asyncio.gather(*jobs))
+
+    async def infer(
+        self, engine: Engine, uploads: list[Upload], with_attention: bool = False, keep_image: bool = False
+    ) -> tuple[list[Prepared], list[ItemResult]]:
+        """Decode, preprocess and run the uploads; results in upload order.
+
+        One image on an idle batcher takes the one-hop path (:meth:`Batcher.alone`); anything
+        else is decoded in the thread pool and queued for batching.
+        """
+        if len(uploads) == 1 and self.batcher.idle():
+            pre, limit = engine.metadata.preprocessing, self.settings.max_pixels
+            job = partial(prepare, uploads[0], pre, limit, keep_image)
+            prepared, result = await self.batcher.alone(engine, job, with_attention)
+            return [prepared], [result]
+        prepared = await self.prepare(engine, uploads, keep_image)
+        results = await self.batcher.submit(engine, [p.array for p in prepared], with_attention)
+        return prepared, results
 
     async def while_connected(self, request: Request, work: Awaitable[T]) -> T:
         """Await ``work`` unless the client disconnects first; call after the body was read.

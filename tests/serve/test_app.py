@@ -61,6 +61,8 @@ def test_health_ready_and_model(client: TestClient) -> None:
     assert model["input_size"] == [32, 32] and model["preprocessing"]["input_size"] == [32, 32]
     assert model["provider"] == "CPUExecutionProvider" and len(model["version"]) == 12
     assert model["has_attention"] is False
+    assert model["batching"]["instances"] == 2  # the CPU default
+    assert model["batching"]["threads"] == 1 and model["batching"]["instance_threads"] == 1
 
 
 def test_page_and_static_files_are_local(client: TestClient) -> None:
@@ -264,7 +266,8 @@ def test_request_timeout_is_504(make_client: MakeClient, tiny_model: Path) -> No
     async def never(*args: object, **kwargs: object) -> None:
         await asyncio.Event().wait()
 
-    client.app.state.server.batcher.submit = never
+    batcher = client.app.state.server.batcher
+    batcher.submit = batcher.alone = never  # queued or on the idle path: never answered
     response = client.post("/v1/classify", content=image_bytes(), headers=PNG)
     assert response.status_code == 504 and error_of(response)["code"] == "timeout"
 

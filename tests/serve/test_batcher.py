@@ -25,15 +25,17 @@ class FakeEngine:
 
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[list[float]] = []
+        self.instances: list[int | None] = []  # the session each call asked for
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
         self.fail = fail
 
-    def infer(self, batch: np.ndarray, with_attention: bool = False) -> Outputs:
+    def infer(self, batch: np.ndarray, with_attention: bool = False, instance: int | None = None) -> Outputs:
         self.entered.set()
         self.gate.wait(10)
         self.calls.append([float(x) for x in batch[:, 0]])
+        self.instances.append(instance)
         if self.fail:
             raise RuntimeError("model exploded")
         logits = np.stack([batch[:, 0], -batch[:, 0]], axis=1)
@@ -114,10 +116,12 @@ def test_instances_run_batches_at_the_same_time_in_queue_order() -> None:
             super().__init__()
             self.both_inside = threading.Barrier(2, timeout=10)
 
-        def infer(self, batch: np.ndarray, with_attention: bool = False) -> Outputs:
+        def infer(
+            self, batch: np.ndarray, with_attention: bool = False, instance: int | None = None
+        ) -> Outputs:
             if float(batch[0, 0]) < 2:
                 self.both_inside.wait()
-            return super().infer(batch, with_attention)
+            return super().infer(batch, with_attention, instance)
 
     async def main() -> None:
         engine = TwoAtOnce()
@@ -126,6 +130,10 @@ def test_instances_run_batches_at_the_same_time_in_queue_order() -> None:
         results = await batcher.submit(engine, [item(v) for v in range(4)])
         assert [r.logits[0] for r in results] == [0, 1, 2, 3]
         assert sorted(engine.calls) == [[0.0], [1.0], [2.0], [3.0]]
+        session_of = {
+            call[0]: instance for call, instance in zip(engine.calls, engine.instances, strict=True)
+        }
+        assert {session_of[0.0], session_of[1.0]} == {0, 1}  # the two calls at once: one per instance
         await batcher.stop()
 
     run(main())
@@ -307,5 +315,88 @@ def test_the_loop_survives_its_own_errors() -> None:
         (result,) = await batcher.submit(engine, [item(2)])
         assert result.logits.tolist() == [2, -2]
         await batcher.stop()
+
+    run(main())
+
+
+class Decoded:
+    """What ``Batcher.alone`` needs of a prepared image: its array (and the thread it ran on)."""
+
+    def __init__(self, value: float) -> None:
+        self.array = item(value)
+        self.thread = threading.current_thread().name
+
+
+def test_alone_decodes_and_infers_in_one_inference_thread_call() -> None:
+    sizes: list[int] = []
+
+    async def main() -> None:
+        engine = FakeEngine()
+        batcher = Batcher(max_batch_size=8, max_wait_ms=50, on_batch=sizes.append)
+        batcher.start()
+        assert batcher.idle()
+        prepared, result = await batcher.alone(engine, lambda: Decoded(3.0))
+        assert prepared.thread.startswith("vit-infer")
+        assert result.logits.tolist() == [3.0, -3.0] and result.engine is engine
+        assert engine.calls == [[3.0]] and sizes == [1]
+        assert engine.instances == [None]  # the session with all threads: lowest latency
+        assert batcher.idle() and batcher.depth == 0
+        await batcher.stop()
+
+    run(main())
+
+
+def test_requests_arriving_during_alone_are_queued_and_answered() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.gate.clear()
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0, instances=2)
+        batcher.start()
+        lone = asyncio.ensure_future(batcher.alone(engine, lambda: Decoded(1.0), with_attention=True))
+        await wait_entered(engine)
+        assert not batcher.idle() and batcher.depth == 1
+        queued = asyncio.ensure_future(batcher.submit(engine, [item(2.0), item(4.0)]))
+        await asyncio.sleep(0)
+        engine.gate.set()
+        (_, first), second = await lone, await queued
+        assert first.attention.tolist() == [[1.0, 1.0]]
+        assert [r.logits.tolist() for r in second] == [[2.0, -2.0], [4.0, -4.0]]
+        assert sorted(map(len, engine.calls)) == [1, 2]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_alone_passes_decode_errors_through_and_stays_usable() -> None:
+    def broken() -> Decoded:
+        raise ValueError("upload: not an image")
+
+    async def main() -> None:
+        engine = FakeEngine()
+        batcher = Batcher(max_batch_size=4, max_wait_ms=0)
+        batcher.start()
+        with pytest.raises(ValueError, match="not an image"):
+            await batcher.alone(engine, broken)
+        assert batcher.idle() and engine.calls == []
+        _, result = await batcher.alone(engine, lambda: Decoded(5.0))
+        assert result.logits.tolist() == [5.0, -5.0]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_stop_fails_images_a_worker_holds_while_collecting() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        batcher = Batcher(max_batch_size=4, max_wait_ms=60_000)
+        batcher.start()
+        with batcher.incoming(1):  # an announced image keeps the worker's batch open
+            waiting = asyncio.ensure_future(batcher.submit(engine, [item(1.0)]))
+            while batcher.depth == 0 or batcher._queue.qsize():  # until a worker has taken it
+                await asyncio.sleep(0)
+            await batcher.stop(timeout=0.0)
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await waiting
+        assert engine.calls == []
 
     run(main())

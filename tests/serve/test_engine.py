@@ -39,6 +39,26 @@ def test_session_options_spin_off_and_threads(tiny_model: Path) -> None:
     assert options.intra_op_num_threads == 1
 
 
+def test_warmup_opens_one_session_per_instance_with_a_share_of_the_threads(tiny_model: Path) -> None:
+    engine = Engine(tiny_model, device="cpu", threads=4)
+    batch = preprocessed(engine, "cat", "dog")
+    single = engine.infer(batch).logits
+    engine.warmup(max_batch_size=4, run_batch_size=2, instances=2)
+    assert len(engine.instance_sessions) == 2 and engine.instance_threads == 2
+    for session in engine.instance_sessions:
+        assert session is not engine.session
+        assert session.get_session_options().intra_op_num_threads == 2
+    for instance in (0, 1, 5):  # any worker index maps onto a session
+        np.testing.assert_allclose(engine.infer(batch, instance=instance).logits, single, rtol=1e-6)
+    alone = Engine(tiny_model, device="cpu", threads=4)
+    alone.warmup(max_batch_size=4, run_batch_size=2, instances=1)
+    assert alone.instance_sessions == [] and alone.instance_threads == 4
+    shared = Engine(tiny_model, device="cpu", threads=2)  # one thread each: one session for both
+    shared.warmup(max_batch_size=4, run_batch_size=2, instances=2)
+    assert len(shared.instance_sessions) == 1 and shared.instance_threads == 1
+    assert shared.instance_sessions[0] is not shared.session
+
+
 def test_infer_matches_the_graph_arithmetic(tiny_model: Path) -> None:
     engine = Engine(tiny_model, device="cpu", threads=1)
     batch = preprocessed(engine, "cat", "dog", "bird")
@@ -76,22 +96,30 @@ def test_run_batch_size_is_measured_or_given(tiny_model: Path) -> None:
     assert engine.run_batch_size == 2  # never more than the batcher's largest batch
 
 
-def test_warmup_probes_with_concurrent_calls_and_ends_by_shrinking_the_arena(tiny_model: Path) -> None:
-    engine = Engine(tiny_model, device="cpu", threads=1)
-    session_run = engine.session.run
-    calls: list[tuple[str, int, str]] = []
+def test_warmup_probes_with_concurrent_calls_and_ends_by_shrinking_the_arena(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(tiny_model, device="cpu", threads=2)
+    session_run = ort.InferenceSession.run
+    calls: list[tuple[str, int, int, str]] = []  # thread, session, batch size, shrink entry
 
-    def recording_run(outputs: Any, feed: dict[str, np.ndarray], options: Any = None) -> Any:
+    def recording_run(session: Any, outputs: Any, feed: dict[str, np.ndarray], options: Any = None) -> Any:
         shrink = options.get_run_config_entry("memory.enable_memory_arena_shrinkage") if options else ""
-        calls.append((threading.current_thread().name, len(next(iter(feed.values()))), shrink))
-        return session_run(outputs, feed, options)
+        calls.append((threading.current_thread().name, id(session), len(next(iter(feed.values()))), shrink))
+        return session_run(session, outputs, feed, options)
 
-    engine.session.run = recording_run
+    monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
     engine.warmup(4, instances=2)
-    probe_threads = {name for name, _, _ in calls if name.startswith("vit-probe")}
-    assert len(probe_threads) == 2  # the batch sizes were timed with two calls at once
-    assert {size for _, size, _ in calls} == {1, 2, 4}
-    assert calls[-1][1:] == (1, "cpu:0") and not any(shrink for _, _, shrink in calls[:-1])
+    probes = [(thread, session) for thread, session, _, _ in calls if thread.startswith("vit-probe")]
+    assert len({thread for thread, _ in probes}) == 2  # the batch sizes were timed with two calls at once
+    assert {session for _, session in probes} == {id(s) for s in engine.instance_sessions}
+    assert {size for _, _, size, _ in calls} == {1, 2, 4}
+    sessions = [id(s) for s in (engine.session, *engine.instance_sessions)]
+    assert len(sessions) == 2  # all threads, and one single-threaded session for both instances
+    assert [(session, size, shrink) for _, session, size, shrink in calls[-2:]] == [
+        (session, 1, "cpu:0") for session in sessions
+    ]
+    assert not any(shrink for _, _, _, shrink in calls[:-2])
 
 
 def test_top_k_sorted_clamped_and_stable() -> None:
