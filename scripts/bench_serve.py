@@ -13,8 +13,11 @@ SIGSTOP): raw onnxruntime (batch sweep 1-32, before and after), `vit serve` (fp3
 LitServe with batching on and off, a naive FastAPI + onnxruntime server and FastAPI + torch
 eager (``scripts/bench_peers.py``). ``--rounds N`` repeats all of that N times, each round
 with its own raw onnxruntime sweep; the report (``scripts/bench_serve_report.py``) shows medians
-of per-round ratios. Then `vit serve`'s resident memory over ``--requests`` requests (a fifth of
-them malformed) and the disk size of a serving-only install.
+of per-round ratios. ``--baseline-ref REF`` adds `vit serve` as of git commit REF (exported to
+the cache folder) as one more system, so a change is measured against its parent side by side
+(the report gives the per-round ratios and the c=1 p50 difference). Then `vit serve`'s resident
+memory over ``--requests`` requests (a fifth of them malformed) and the disk size of a
+serving-only install.
 """
 
 from __future__ import annotations
@@ -65,20 +68,23 @@ def make_model(path: Path) -> None:
 
 
 def images_per_second(engine: Engine, arrays: list[np.ndarray], batch: int, callers: int = 1) -> float:
-    """Throughput of ``callers`` threads each running batches of ``batch`` for >= 2 s and 96 images."""
+    """Throughput of ``callers`` threads each running batches of ``batch`` for >= 2 s and 96 images:
+    one caller on the session with all threads, several each on its instance's session (as
+    `vit serve` runs a lone request and its batch workers)."""
     x = np.stack([arrays[i % len(arrays)] for i in range(batch)])
     engine.infer(x)
 
-    def call_repeatedly() -> int:
+    def call_repeatedly(instance: int | None) -> int:
         runs, start = 0, time.perf_counter()
         while runs * batch < 96 or time.perf_counter() - start < 2:
-            engine.infer(x)
+            engine.infer(x, instance=instance)
             runs += 1
         return runs * batch
 
     start = time.perf_counter()
     with ThreadPoolExecutor(callers) as pool:
-        images = sum(pool.map(lambda _: call_repeatedly(), range(callers)))
+        instances = range(callers) if callers > 1 else [None]
+        images = sum(pool.map(call_repeatedly, instances))
     return images / (time.perf_counter() - start)
 
 
@@ -93,10 +99,11 @@ class RawOrt:
         start = time.perf_counter()
         self.arrays = [pre(decode_image(d, preprocessing=pre)) for d in images]
         self.decode_ms = (time.perf_counter() - start) / len(images) * 1000
-        self.engine.warmup(32)
+        self.engine.warmup(32, instances=2)  # the sessions of `vit serve --instances 2`
 
     def sweep(self) -> dict[str, Any]:
-        """img/s by batch size 1-32, and with two calls at a time as `vit serve --instances 2` runs."""
+        """img/s by batch size 1-32 (one call at a time, all threads), and with two calls at a time
+        on two single-threaded sessions as `vit serve --instances 2` runs its batches."""
         sweep = {batch: images_per_second(self.engine, self.arrays, batch) for batch in (1, 2, 4, 8, 16, 32)}
         two = {batch: images_per_second(self.engine, self.arrays, batch, callers=2) for batch in (1, 2, 4, 8)}
         return {"sweep": sweep, "best": max(sweep.values()), "two_callers": two}
@@ -112,14 +119,15 @@ class RawOrt:
         return {**self.sweep(), "b1_ms": statistics.median(latencies), "decode_ms": self.decode_ms}
 
 
-def start(name: str, command: list[str], port: int, ready_path: str) -> subprocess.Popen:
+def start(name: str, command: list[str], port: int, ready_path: str, root: Path = ROOT) -> subprocess.Popen:
+    """Start one server with ``root`` (a source tree) first on its import path; wait until ready."""
     log = open(CACHE / f"{name}.log", "w")  # noqa: SIM115 (kept open for the process's life)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     process = subprocess.Popen(  # own process group: paused and resumed as a whole
         [*PIN["server"], *command],
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=ROOT,
+        cwd=root,
         env=env,
         start_new_session=True,
     )
@@ -134,6 +142,20 @@ def start(name: str, command: list[str], port: int, ready_path: str) -> subproce
             pass
         time.sleep(0.5)
     raise SystemExit(f"{name} did not become ready")
+
+
+def source_at(ref: str) -> tuple[str, Path]:
+    """(short hash, folder) of the repository's tree at git ``ref``, exported once into the cache."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    folder = CACHE / f"source-{sha}"
+    if not (folder / "serve").is_dir():
+        staging = Path(tempfile.mkdtemp(dir=CACHE))
+        archive = subprocess.run(["git", "archive", sha], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
+        staging.rename(folder)
+    return sha, folder
 
 
 def measure(
@@ -206,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=64, help="distinct images posted")
     parser.add_argument("--size", type=int, default=320, help="short side of the posted JPEGs")
     parser.add_argument("--requests", type=int, default=10_000, help="requests in the memory run (0: skip)")
+    parser.add_argument(
+        "--baseline-ref", help="also serve with `vit serve` as of this git commit (e.g. HEAD~1), side by side"
+    )
     parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out (e.g. torch litserve)")
     parser.add_argument("--no-install-size", action="store_true")
     parser.add_argument(
@@ -265,6 +290,16 @@ def main(argv: list[str] | None = None) -> int:
             "/docs",
         ),
     }
+    roots: dict[str, Path] = {}
+    if args.baseline_ref:
+        sha, roots[f"vit serve@{args.baseline_ref}"] = source_at(args.baseline_ref)
+        print(f"baseline: vit serve at {args.baseline_ref} ({sha})", flush=True)
+        command = [*serve_cmd, str(args.model), "--port", "8116"]
+        systems = {
+            "vit serve": systems.pop("vit serve"),
+            f"vit serve@{args.baseline_ref}": (command, 8116, "/v1/classify", "/readyz"),
+            **systems,
+        }
     skip = {s.lower() for s in args.skip}
     systems = {k: v for k, v in systems.items() if not any(s in k.lower() for s in skip)}
     if not int8.exists():
@@ -283,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     processes = {}
     try:
         for name, (command, port, _, ready) in systems.items():
-            processes[name] = start(name.replace(" ", "_"), command, port, ready)
+            processes[name] = start(
+                name.replace(" ", "_").replace("@", "_at_"), command, port, ready, roots.get(name, ROOT)
+            )
             if name.startswith("vit serve"):  # the batch size its warm-up measured as fastest
                 described = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=10).json()
                 results.setdefault("run_batch_size", {})[name] = described["run_batch_size"]

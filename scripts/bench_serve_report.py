@@ -83,6 +83,19 @@ def report(results: dict[str, Any]) -> None:
             f"vs peers {', '.join(f'{n} {v:.2f}x' for n, v in peers.items())} (>= 1); "
             f"p99/p50 {stat('vit serve', top, lambda m, r: m['p99_us'] / m['p50_us']):.2f} (<= 1.3)"
         )
+
+        def faster_at_c1(other: str) -> float | None:
+            """Median over rounds of how many ms lower `vit serve`'s c=1 p50 is than ``other``'s."""
+            a, b = run("vit serve", 1), run(other, 1)
+            return per_round(
+                rounds, lambda r: (b(r)["p50_us"] - a(r)["p50_us"]) / 1e3 if a(r) and b(r) else None
+            )
+
+        for baseline in (n for n in systems if n.startswith("vit serve@")):
+            line = f"vs {baseline}: {versus('vit serve', baseline):.2f}x req/s at c={top}"
+            if 1 in concurrencies:
+                line += f"; c=1 p50 {faster_at_c1(baseline):+.1f} ms faster"
+            print(line)
         if "FastAPI+torch eager" in systems and "vit serve int8" in systems:
             print(f"int8 vs torch eager: {versus('vit serve int8', 'FastAPI+torch eager'):.2f}x (>= 2.5)")
         if 1 in concurrencies:
