@@ -78,9 +78,9 @@ def with_automatic_defaults(argv: list[str]) -> list[str]:
 
 
 def run_lightning(argv: list[str]) -> int:
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
+    from vit.checkpoint import BestAndLastCheckpoint
     from vit.data import ImageFolderDataModule
     from vit.model import ViTClassifier
 
@@ -96,7 +96,7 @@ def run_lightning(argv: list[str]) -> int:
             parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
             parser.link_arguments("data.preprocessing_dict", "model.preprocessing", apply_on="instantiate")
             # `best` by val top-1 and `last`, in a fixed folder so `--ckpt_path last` finds them.
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
             parser.set_defaults(
                 {
                     "checkpoint.monitor": "val/acc1",
