@@ -28,7 +28,7 @@ from PIL import Image
 from vit.folder import discover
 
 IMG_SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
-SMALL_IMAGE_MODEL = "vit_convstem_nano_patch4_32"
+SMALL_IMAGE_MODEL = "vit_resstem_nano_patch4_32"
 
 
 @dataclass(frozen=True)

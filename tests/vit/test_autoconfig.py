@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import yaml
 
@@ -78,36 +77,6 @@ def test_suggestions_for_photos(tmp_path: Path) -> None:
     assert suggested["model.img_size"] == 224 and suggested["model.patch_size"] == 16
     assert suggested["model.model_name"] == "vit_tiny_patch16_224"
     assert suggested["data.cache"] == "auto" and suggested["data.eval_crop_pct"] == 0.875
-
-
-def test_conv_stem_model_is_a_vision_transformer_that_exports(tmp_path: Path) -> None:
-    from serve.preprocess import Preprocessing
-    from vit.export import export_net
-
-    config = {"img_size": 32, "num_classes": 3, "embed_dim": 64, "depth": 2, "num_heads": 2}
-    net = timm.create_model("vit_convstem_tiny_patch8_32", **config)
-    assert isinstance(net, timm.models.vision_transformer.VisionTransformer)
-    assert net.patch_embed.grid_size == (4, 4)
-    assert timm.create_model("vit_convstem_tiny_patch4_32", depth=1).patch_embed.grid_size == (8, 8)
-    nano = timm.create_model("vit_convstem_nano_patch4_32", depth=1)
-    assert nano.patch_embed.grid_size == (8, 8) and nano.patch_embed.proj[0].stride == (1, 1)
-    nano64 = timm.create_model("vit_convstem_nano_patch4_32", patch_size=8, img_size=64, depth=1)
-    assert nano64.patch_embed.grid_size == (8, 8)
-    with pytest.raises(ValueError, match="power-of-two"):
-        timm.create_model("vit_convstem_tiny_patch4_32", patch_size=6, img_size=36)
-    data = write_class_folder(tmp_path / "data", classes=3, per_class=2, size=(32, 32))
-    report = export_net(
-        net,
-        tmp_path / "model.onnx",
-        labels=["c0", "c1", "c2"],
-        preprocessing=Preprocessing(input_size=(32, 32), crop_pct=1.0),
-        model_name="vit_convstem_tiny_patch8_32",
-        model_config=config,
-        check_data=data,
-        with_attention=True,  # attention rollout exported too: the blocks are timm's
-        log=lambda message: None,
-    )
-    assert report.ok, report.format()
 
 
 def test_recipe_config_parses_and_trains_a_few_steps(tmp_path: Path) -> None:
