@@ -19,7 +19,7 @@ from timm.layers import PatchEmbed
 from timm.models import build_model_with_cfg, register_model
 from timm.models._registry import generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-from torch import nn
+from torch import Tensor, nn
 
 
 class ConvPatchEmbed(PatchEmbed):
@@ -69,7 +69,7 @@ class ResidualConv(nn.Module):
         super().__init__()
         self.body = nn.Sequential(*_conv_bn_gelu(channels, channels, stride=1))
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
 
 
