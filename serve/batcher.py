@@ -72,6 +72,12 @@ def _fail(items: list[_Item], exc: BaseException) -> None:
             item.future.set_exception(exc)
 
 
+def _row(outputs: Outputs, row: int, engine: Engine) -> ItemResult:
+    """One image's share of a batch's outputs."""
+    attention = outputs.attention[row] if outputs.attention is not None else None
+    return ItemResult(outputs.logits[row], attention, engine)
+
+
 def _infer(engine: Engine, arrays: list[np.ndarray], with_attention: bool, instance: int) -> Outputs:
     # Stacking a large batch is a ~20 MB copy: do it here, off the event loop.
     return engine.infer(np.stack(arrays), with_attention=with_attention, instance=instance)
@@ -110,6 +116,10 @@ class Batcher:
         """Images waiting for or inside inference."""
         return self._pending
 
+    def _require_started(self) -> None:
+        if not self._tasks:
+            raise RuntimeError("Batcher.start() was not called")
+
     def idle(self) -> bool:
         """Nothing queued, running or being decoded: a request now would be a batch of its own."""
         return self._pending == 0 and self._incoming == 0
@@ -122,8 +132,7 @@ class Batcher:
         For a request that finds the batcher :meth:`idle`; it counts as a batch of one and keeps
         the batcher busy meanwhile, so requests arriving during it are queued and batched.
         """
-        if not self._tasks:
-            raise RuntimeError("Batcher.start() was not called")
+        self._require_started()
 
         def run() -> tuple[P, Outputs]:
             prepared = prepare()
@@ -137,8 +146,7 @@ class Batcher:
             self._pending -= 1
         if self.on_batch is not None:
             self.on_batch(1)
-        attention = outputs.attention[0] if outputs.attention is not None else None
-        return prepared, ItemResult(outputs.logits[0], attention, engine)
+        return prepared, _row(outputs, 0, engine)
 
     @contextlib.contextmanager
     def incoming(self, count: int) -> Iterator[None]:
@@ -166,8 +174,7 @@ class Batcher:
         self, engine: Engine, arrays: Sequence[np.ndarray], with_attention: bool = False
     ) -> list[ItemResult]:
         """Queue all images of one request (or none, raising :class:`OverloadedError`)."""
-        if not self._tasks:
-            raise RuntimeError("Batcher.start() was not called")
+        self._require_started()
         if self._pending + len(arrays) > self.max_queue:
             raise OverloadedError(f"{self._pending} images queued, limit {self.max_queue}")
         loop = asyncio.get_running_loop()
@@ -254,8 +261,7 @@ class Batcher:
             return
         for row, item in enumerate(items):
             if not item.future.done():
-                attention = outputs.attention[row] if outputs.attention is not None else None
-                item.future.set_result(ItemResult(outputs.logits[row], attention, engine))
+                item.future.set_result(_row(outputs, row, engine))
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Let queued images finish (up to ``timeout``), then stop the workers and their threads."""

@@ -233,10 +233,10 @@ class Engine:
             count = instances if self.instance_threads > 1 else 1
             self.instance_sessions = [self._open(self.instance_threads, providers) for _ in range(count)]
         largest = min(max_batch_size, self.static_batch or max_batch_size)
-        for session in (None, *range(len(self.instance_sessions))):
+        for instance in (None, *range(len(self.instance_sessions))):  # every session, all-threads first
             for size in sorted({1, largest}):
                 batch = np.zeros((size, *self.input_shape), np.float32)
-                self.infer(batch, with_attention=self.has_attention, instance=session)
+                self.infer(batch, with_attention=self.has_attention, instance=instance)
         if self.static_batch:
             self.run_batch_size = self.static_batch
         elif run_batch_size > 0:

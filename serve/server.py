@@ -11,7 +11,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -99,10 +99,13 @@ class Server:
     ) -> list[Prepared]:
         """Decode and preprocess in the thread pool (PIL releases the GIL), overlapping inference."""
         loop = asyncio.get_running_loop()
-        pre, limit = engine.metadata.preprocessing, self.settings.max_pixels
         with self.batcher.incoming(len(uploads)):
-            jobs = [loop.run_in_executor(self.pool, prepare, u, pre, limit, keep_image) for u in uploads]
+            jobs = [loop.run_in_executor(self.pool, self._decoding(engine, u, keep_image)) for u in uploads]
             return list(await asyncio.gather(*jobs))
+
+    def _decoding(self, engine: Engine, upload: Upload, keep_image: bool) -> Callable[[], Prepared]:
+        """The decode-and-preprocess call for one upload, with this engine's preprocessing."""
+        return partial(prepare, upload, engine.metadata.preprocessing, self.settings.max_pixels, keep_image)
 
     async def infer(
         self, engine: Engine, uploads: list[Upload], with_attention: bool = False, keep_image: bool = False
@@ -113,8 +116,7 @@ class Server:
         else is decoded in the thread pool and queued for batching.
         """
         if len(uploads) == 1 and self.batcher.idle():
-            pre, limit = engine.metadata.preprocessing, self.settings.max_pixels
-            job = partial(prepare, uploads[0], pre, limit, keep_image)
+            job = self._decoding(engine, uploads[0], keep_image)
             prepared, result = await self.batcher.alone(engine, job, with_attention)
             return [prepared], [result]
         prepared = await self.prepare(engine, uploads, keep_image)
