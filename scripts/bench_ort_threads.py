@@ -2,11 +2,12 @@
 
     python scripts/bench_ort_threads.py MODEL [--rounds 2] [--seconds 3] [--batches 1 4 8]
 
-Four ways to spend the cores (sessions with `vit serve`'s options, ``serve.engine``): a session
-with all cores' threads and one caller, the same with two callers at once, a single-threaded
-session with two callers at once (how `vit serve --instances 2` runs its batches on 2 cores),
-and that session with one caller. Interleaved round by round; prints median img/s per batch size.
-Preprocessed zeros as input: this measures inference only.
+MODEL is a `vit export` ONNX file. Four ways to spend the cores, on engines with `vit serve`'s
+session options (``serve.engine``): a session with all cores' threads and one caller, the same
+with two callers at once, a single-threaded session with two callers at once (how `vit serve
+--instances 2` runs its batches on 2 cores), and that session with one caller. Interleaved
+round by round; prints median img/s per batch size. Preprocessed zeros as input: this
+measures inference only.
 """
 
 from __future__ import annotations
@@ -14,38 +15,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from serve.engine import cpu_count, session_options  # noqa: E402
+from bench_serve import images_per_second  # noqa: E402
 
-
-def images_per_second(
-    session: ort.InferenceSession, callers: int, batch: np.ndarray, seconds: float
-) -> float:
-    name = session.get_inputs()[0].name
-    session.run(None, {name: batch})
-    counts = [0] * callers
-    stop = time.perf_counter() + seconds
-
-    def call(index: int) -> None:
-        while time.perf_counter() < stop:
-            session.run(None, {name: batch})
-            counts[index] += len(batch)
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - start)
+from serve.engine import Engine, cpu_count  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     args = parser.parse_args(argv)
     cores = cpu_count()
-    providers = ["CPUExecutionProvider"]
-    full = ort.InferenceSession(str(args.model), session_options(cores), providers=providers)
-    single = ort.InferenceSession(str(args.model), session_options(1), providers=providers)
-    shape = [d if isinstance(d, int) else 1 for d in full.get_inputs()[0].shape[1:]]
+    full = Engine(args.model, device="cpu", threads=cores)
+    single = Engine(args.model, device="cpu", threads=1)
+    arrays = [np.zeros(full.input_shape, np.float32)]
     modes = {
         f"{cores} threads, 1 call": (full, 1),
         f"{cores} threads, 2 calls at once": (full, 2),
@@ -70,16 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[tuple[int, str], list[float]] = {}
     for _ in range(args.rounds):
-        for batch_size in args.batches:
-            batch = np.zeros((batch_size, *shape), np.float32)
-            for mode, (session, callers) in modes.items():
-                value = images_per_second(session, callers, batch, args.seconds)
-                results.setdefault((batch_size, mode), []).append(value)
+        for batch in args.batches:
+            for mode, (engine, callers) in modes.items():
+                value = images_per_second(engine, arrays, batch, callers, args.seconds)
+                results.setdefault((batch, mode), []).append(value)
     print(f"{args.model.name}, {cores} cores, median img/s of {args.rounds} round(s) of {args.seconds:g} s\n")
     print("| batch | " + " | ".join(modes) + " |\n|---:|" + "---:|" * len(modes))
-    for batch_size in args.batches:
-        cells = [f"{statistics.median(results[batch_size, mode]):.1f}" for mode in modes]
-        print(f"| {batch_size} | " + " | ".join(cells) + " |")
+    for batch in args.batches:
+        cells = [f"{statistics.median(results[batch, mode]):.1f}" for mode in modes]
+        print(f"| {batch} | " + " | ".join(cells) + " |")
     return 0
 
 

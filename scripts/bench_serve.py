@@ -67,16 +67,19 @@ def make_model(path: Path) -> None:
     )
 
 
-def images_per_second(engine: Engine, arrays: list[np.ndarray], batch: int, callers: int = 1) -> float:
-    """Throughput of ``callers`` threads each running batches of ``batch`` for >= 2 s and 96 images:
-    one caller on the session with all threads, several each on its instance's session (as
-    `vit serve` runs a lone request and its batch workers)."""
+def images_per_second(
+    engine: Engine, arrays: list[np.ndarray], batch: int, callers: int = 1, seconds: float = 2.0
+) -> float:
+    """Throughput of ``callers`` threads each running batches of ``batch`` for >= ``seconds`` and
+    96 images: one caller on the session with all threads, several each on its instance's
+    session (as `vit serve` runs a lone request and its batch workers; the session with all
+    threads when the engine has no instance sessions)."""
     x = np.stack([arrays[i % len(arrays)] for i in range(batch)])
     engine.infer(x)
 
     def call_repeatedly(instance: int | None) -> int:
         runs, start = 0, time.perf_counter()
-        while runs * batch < 96 or time.perf_counter() - start < 2:
+        while runs * batch < 96 or time.perf_counter() - start < seconds:
             engine.infer(x, instance=instance)
             runs += 1
         return runs * batch
