@@ -7,7 +7,7 @@
 #   4. onnxruntime CUDA provider parity and speed when the machine's onnxruntime has it;
 #   and, as phase "sweep", the epoch-matched sweep of CPU-recipe candidates
 #   (scripts/recipe_sweep.sh, SWEEP_SECONDS per run, default 220).
-# usage: [PHASES="sweep recipe"] bash scripts/gpu_check.sh CIFAR_ZIP OUT_DIR [BUDGET]
+# usage: [PHASES="sweep recipe"] [FIT_ARGS="--model.x y"] bash scripts/gpu_check.sh CIFAR_ZIP OUT_DIR [BUDGET]
 # PHASES (default "recipe") lets one lent machine session run them as separate calls; the
 # unpacked data and the decoded cache in /tmp and ~/.cache are reused while the machine is warm.
 set -uo pipefail
@@ -33,8 +33,10 @@ if [[ " $phases " == *" sweep "* ]]; then
 fi
 [[ " $phases " == *" recipe "* ]] || exit 0
 start=$(date +%s)
+# FIT_ARGS: extra `vit fit` arguments for a variant of the preset (word-split on purpose).
+# shellcheck disable=SC2086
 python3 -m vit fit --config configs/cifar10-gpu.yaml --data.root "$root" --budget "$budget" \
-  --trainer.default_root_dir /tmp/run --trainer.enable_progress_bar false > "$out/train.log" 2>&1
+  --trainer.default_root_dir /tmp/run --trainer.enable_progress_bar false ${FIT_ARGS:-} > "$out/train.log" 2>&1
 echo "fit exit $? after $(( $(date +%s) - start )) s (cache build included)" | tee -a "$out/env.txt"
 cp /tmp/run/logs/version_0/metrics.csv "$out/metrics.csv"
 python3 scripts/accuracy_curve.py "$out/metrics.csv" --target 0.90 | tee "$out/curve.txt"

@@ -8,6 +8,8 @@ faster per image), or ``max_wait_ms`` after that image was queued (Triton's
 finds the batcher idle skips the queue altogether (:meth:`Batcher.alone`): decoding and
 inference run in one call on an inference thread, saving the hand-offs between the
 preprocessing pool, the event loop, a worker and the inference thread that batching needs.
+Workers take no image while such a call holds the cores, so requests arriving meanwhile
+queue up and run as one batch after it.
 
 While batches run the queue fills, so under load batches grow on their own. ``instances``
 workers (Triton's ``instance_group`` count) run that many batches at the same time, each on its
@@ -21,6 +23,7 @@ queued finish on the engine they started with.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections import deque
@@ -110,6 +113,10 @@ class Batcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending = 0  # images submitted and not yet answered (queued or running)
         self._incoming = 0  # images being decoded that will be submitted soon
+        # Set while no :meth:`alone` call runs. That call uses all the cores, so workers take no
+        # image meanwhile and the queue fills: requests arriving during it form one batch after.
+        self._alone_done = asyncio.Event()
+        self._alone_done.set()
 
     @property
     def depth(self) -> int:
@@ -140,10 +147,12 @@ class Batcher:
 
         loop = asyncio.get_running_loop()
         self._pending += 1
+        self._alone_done.clear()
         try:
             prepared, outputs = await loop.run_in_executor(self._executor, run)
         finally:
             self._pending -= 1
+            self._alone_done.set()
         if self.on_batch is not None:
             self.on_batch(1)
         return prepared, _row(outputs, 0, engine)
@@ -205,7 +214,14 @@ class Batcher:
         Images are appended to ``items`` as they are taken, so a worker cancelled meanwhile
         (shutdown) still knows which requests it holds.
         """
-        first = await self._next()
+        while True:
+            await self._alone_done.wait()
+            first = await self._next()
+            if self._alone_done.is_set():
+                break
+            # An idle-path call began while this worker waited: the cores are busy, so put the
+            # image back (in age order) and let the batch grow until they are free.
+            bisect.insort(self._held, first, key=lambda queued: queued.enqueued)
         items.append(first)
         loop = asyncio.get_running_loop()
         deadline = first.enqueued + self.max_wait

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -262,14 +263,19 @@ class Engine:
         batches = {size: np.zeros((size, *self.input_shape), np.float32) for size in sizes}
         per_image = dict.fromkeys(sizes, float("inf"))
 
+        # The calls of a round start together: without this an executor thread that finished
+        # early would take the next call too, timing one call at a time instead of `instances`.
+        start_together = threading.Barrier(instances)
+
         def repeat(size: int, times: int, instance: int) -> None:
+            start_together.wait(timeout=60)
             for _ in range(times):
                 self.infer(batches[size], instance=instance)
 
         with ThreadPoolExecutor(max_workers=instances, thread_name_prefix="vit-probe") as callers:
             for _ in range(2):  # interleaved rounds, best of each: a passing neighbour skews one size less
                 for size in sizes:
-                    repeat(size, 1, 0)
+                    self.infer(batches[size], instance=0)
                     repeats = max(1, 16 // size)
                     start = time.perf_counter()
                     for done in [callers.submit(repeat, size, repeats, i) for i in range(instances)]:

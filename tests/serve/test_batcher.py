@@ -367,6 +367,31 @@ def test_requests_arriving_during_alone_are_queued_and_answered() -> None:
     run(main())
 
 
+def test_a_worker_keeps_its_batch_open_while_alone_runs() -> None:
+    # A worker that takes an image while the idle path holds the cores must not close a batch
+    # of one behind it: images queued until the idle call ends join the same batch.
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.gate.clear()
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0)
+        batcher.start()
+        lone = asyncio.ensure_future(batcher.alone(engine, lambda: Decoded(1.0)))
+        await wait_entered(engine)
+        early = asyncio.ensure_future(batcher.submit(engine, [item(2.0)]))
+        while batcher._queue.qsize() or batcher.depth < 2:  # until the worker has taken it
+            await asyncio.sleep(0)
+        late = [asyncio.ensure_future(batcher.submit(engine, [item(v)])) for v in (3.0, 4.0)]
+        await asyncio.sleep(0)
+        engine.gate.set()
+        await lone
+        answers = [await early, *[await task for task in late]]
+        assert [r.logits.tolist() for (r,) in answers] == [[2.0, -2.0], [3.0, -3.0], [4.0, -4.0]]
+        assert engine.calls == [[1.0], [2.0, 3.0, 4.0]]
+        await batcher.stop()
+
+    run(main())
+
+
 def test_alone_passes_decode_errors_through_and_stays_usable() -> None:
     def broken() -> Decoded:
         raise ValueError("upload: not an image")
