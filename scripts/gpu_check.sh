@@ -32,6 +32,7 @@ if [[ " $phases " == *" sweep "* ]]; then
   bash scripts/recipe_sweep.sh "$root" "$out/sweep" "${SWEEP_SECONDS:-220}" | tee "$out/sweep.txt"
 fi
 [[ " $phases " == *" recipe "* ]] || exit 0
+rm -rf /tmp/run  # a warm machine keeps the last call's run: start clean (logs/version_0)
 start=$(date +%s)
 # FIT_ARGS: extra `vit fit` arguments for a variant of the preset (word-split on purpose).
 # shellcheck disable=SC2086
