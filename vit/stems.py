@@ -62,6 +62,11 @@ class ConvPatchEmbed(PatchEmbed):
         self.proj = nn.Sequential(*layers)
 
 
+def has_conv_stem(net: nn.Module) -> bool:
+    """Whether ``net`` embeds patches with a :class:`ConvPatchEmbed` (a model of this module)."""
+    return isinstance(getattr(net, "patch_embed", None), ConvPatchEmbed)
+
+
 class ResidualConv(nn.Module):
     """``x + GELU(BN(conv3x3(x)))``: a same-width conv layer that deepens a stem stage."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import subprocess
 import sys
@@ -109,3 +110,36 @@ def test_divergence_stops_training_with_a_clear_error(tiny_data: Path, tmp_path:
             "--model.warmup",
             "0",
         )
+
+
+def test_conv_stem_models_train_and_export_in_channels_last(tmp_path: Path) -> None:
+    from serve.preprocess import Preprocessing
+    from tests.imagegen import write_class_folder
+    from vit.export import export_net
+
+    small = dict(img_size=32, embed_dim=32, depth=1, num_heads=2, class_names=["a", "b", "c"], ema_decay=0.9)
+    stem = ViTClassifier(model_name="vit_resstem_nano_patch4_32", **small)
+    plain = ViTClassifier(model_name="vit_tiny_patch16_224", patch_size=8, **small)
+    channels_last = torch.channels_last
+    assert stem.channels_last and stem.net.patch_embed.proj[0].weight.is_contiguous(
+        memory_format=channels_last
+    )
+    assert stem.ema.module.patch_embed.proj[0].weight.is_contiguous(memory_format=channels_last)
+    assert not plain.channels_last and plain.net.patch_embed.proj.weight.is_contiguous()
+    images = torch.randn(2, 3, 32, 32)  # the loaders' default layout
+    stem.eval()
+    reference = copy.deepcopy(stem.net).to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        torch.testing.assert_close(stem(images), reference(images), rtol=1e-4, atol=1e-5)
+    data = write_class_folder(tmp_path / "data", classes=3, per_class=2, size=(32, 32))
+    report = export_net(
+        stem.eval_net,
+        tmp_path / "model.onnx",
+        labels=stem.class_names,
+        preprocessing=Preprocessing(input_size=(32, 32), crop_pct=1.0),
+        model_name="vit_resstem_nano_patch4_32",
+        model_config=stem.model_config,
+        check_data=data,
+        log=lambda message: None,
+    )
+    assert report.ok, report.format()
