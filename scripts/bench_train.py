@@ -1,7 +1,7 @@
 """Training throughput: compute only vs the data pipeline vs both, fp32 vs bf16, in one run.
 
     python scripts/bench_train.py ../shared/data/cifar10-jpeg.zip [--config configs/vit-tiny-32.yaml]
-        [--rounds 3] [--steps 6] [--bf16-steps 1] [--no-bf16] [--batch-size N]
+        [--rounds 3] [--steps 6] [--bf16-steps 1] [--no-bf16] [--no-jpeg] [--batch-size N]
 
 The zip (or an already unpacked folder with ``train/<class>/``) is CIFAR-10 as JPEG files; it is
 unpacked once to ``~/.cache/vit-data``. The model and the data settings come from ``--config``
@@ -14,7 +14,9 @@ unpacked once to ``~/.cache/vit-data``. The model and the data settings come fro
   random-resized crop + flip + normalisation (:mod:`vit.augment`), no model;
 * ``pipeline jpeg``: the uncached loader (JPEG decode + timm transforms in worker processes);
 * ``train fp32 cached`` / ``train bf16 cached`` / ``train fp32 jpeg``: both together, as ``vit fit``
-  runs them.
+  runs them;
+* with a conv-stem model (trained in channels-last layout, :mod:`vit.model`), also
+  ``compute fp32 NCHW`` / ``train fp32 cached NCHW``: a copy of the model in the default layout.
 
 Worker processes of the JPEG loader are started per measurement and stopped after it, so they
 never run during another mode. img/s is images / wall time per measurement; the table gives the
@@ -74,6 +76,20 @@ def build(config: dict[str, Any], data_root: Path, batch_size: int | None) -> tu
     return model, cached, jpeg
 
 
+def default_layout(model: Any) -> Any:
+    """A copy of a channels-last model (network and EMA) in the default memory layout."""
+    import copy
+
+    import torch
+
+    plain = copy.deepcopy(model)
+    plain.net.to(memory_format=torch.contiguous_format)
+    if plain.ema is not None:
+        plain.ema.to(memory_format=torch.contiguous_format)
+    plain.channels_last = False
+    return plain
+
+
 class Bench:
     """One model and its optimiser; each ``run_*`` returns images per second for ``steps`` steps."""
 
@@ -105,7 +121,7 @@ class Bench:
     def step(self, images: Any, labels: Any, bf16: bool) -> None:
         torch, model = self.torch, self.model
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model.net(images)
+            logits = model(images)  # in the network's memory layout, as in training
             loss = torch.nn.functional.cross_entropy(
                 logits, labels, label_smoothing=model.hparams.label_smoothing
             )
@@ -141,7 +157,7 @@ class Bench:
         finally:
             iterator._shutdown_workers()  # no stray workers during the next mode's measurement
 
-    def modes(self, bf16: bool) -> dict[str, Callable[[int], float]]:
+    def modes(self, bf16: bool, jpeg: bool = True) -> dict[str, Callable[[int], float]]:
         modes: dict[str, Callable[[int], float]] = {
             "compute fp32": lambda n: self.timed(n, lambda: self.fixed, False),
             "pipeline cached": lambda n: self.timed(n, self.next_cached, None),
@@ -149,6 +165,8 @@ class Bench:
             "train fp32 cached": lambda n: self.timed(n, self.next_cached, False),
             "train fp32 jpeg": lambda n: self.jpeg_timed(n, False),
         }
+        if not jpeg:
+            modes = {name: run for name, run in modes.items() if "jpeg" not in name}
         if bf16:
             modes["compute bf16"] = lambda n: self.timed(n, lambda: self.fixed, True)
             modes["train bf16 cached"] = lambda n: self.timed(n, self.next_cached, True)
@@ -165,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bf16-steps", type=int, default=None, help="batches per bf16 measurement (default --steps)"
     )
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--no-jpeg", action="store_true", help="skip the uncached JPEG loader modes")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--prepare-only", action="store_true", help="build the decoded cache and exit")
     args = parser.parse_args(argv)
@@ -178,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     bench = Bench(model, cached, jpeg)
-    modes = bench.modes(bf16=not args.no_bf16)
+    modes = bench.modes(bf16=not args.no_bf16, jpeg=not args.no_jpeg)
+    if model.channels_last:  # the same model in the default layout, side by side
+        nchw = Bench(default_layout(model), cached, jpeg)
+        modes["compute fp32 NCHW"] = lambda n: nchw.timed(n, lambda: nchw.fixed, False)
+        modes["train fp32 cached NCHW"] = lambda n: nchw.timed(n, nchw.next_cached, False)
     bf16_steps = args.bf16_steps or args.steps
     steps = {name: bf16_steps if "bf16" in name else args.steps for name in modes}
     for run in modes.values():  # warm-up: first-call allocations, oneDNN kernels, workers
@@ -205,9 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     base = median["compute fp32"]
     print("\nratios (targets: cached training >= 0.9x compute-only; bf16 >= 1.5x fp32):")
     print(f"  train fp32 cached / compute fp32 = {median['train fp32 cached'] / base:.2f}")
-    print(f"  train fp32 jpeg   / compute fp32 = {median['train fp32 jpeg'] / base:.2f}")
+    if "train fp32 jpeg" in median:
+        print(f"  train fp32 jpeg   / compute fp32 = {median['train fp32 jpeg'] / base:.2f}")
     print(f"  pipeline cached   / compute fp32 = {median['pipeline cached'] / base:.1f}")
-    print(f"  pipeline jpeg     / compute fp32 = {median['pipeline jpeg'] / base:.1f}")
+    if "pipeline jpeg" in median:
+        print(f"  pipeline jpeg     / compute fp32 = {median['pipeline jpeg'] / base:.1f}")
+    if "train fp32 cached NCHW" in median:
+        ratio = median["train fp32 cached"] / median["train fp32 cached NCHW"]
+        print(f"  train fp32 cached, channels-last / NCHW = {ratio:.2f}")
     if "compute bf16" in median:
         print(f"  compute bf16 / compute fp32 = {median['compute bf16'] / base:.2f}")
         print(
