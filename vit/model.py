@@ -122,9 +122,10 @@ class ViTClassifier(pl.LightningModule):
         self.net = timm.create_model(model_name, pretrained=False, **self.model_config)
         if pretrained:
             rank_zero_info(load_pretrained(self.net, Path(pretrained)))
-        # Conv stems train faster with channels-last tensors: oneDNN's and cuDNN's preferred
-        # layout (+11-15% training throughput for vit_resstem_nano on 2 CPU cores; the convs are
-        # ~40% of its step). Plain patchify models keep the default layout.
+        # Conv stems train faster with channels-last tensors, the layout oneDNN's and cuDNN's
+        # convolutions prefer: 1.17x training throughput for vit_resstem_nano on 2 CPU cores,
+        # where the convs are ~40% of a step (docs/BENCHMARKS.md). Plain patchify models keep
+        # the default layout.
         self.channels_last = has_conv_stem(self.net)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
