@@ -55,6 +55,12 @@ async def wait_entered(engine: FakeEngine) -> None:
     await asyncio.to_thread(engine.entered.wait, 10)
 
 
+async def wait_taken(batcher: Batcher, depth: int) -> None:
+    """Until ``depth`` images are submitted and none is left in the queue: a worker took them."""
+    while batcher._queue.qsize() or batcher.depth < depth:
+        await asyncio.sleep(0)
+
+
 def test_results_are_routed_to_their_requests() -> None:
     async def main() -> None:
         engine = FakeEngine()
@@ -378,8 +384,7 @@ def test_a_worker_keeps_its_batch_open_while_alone_runs() -> None:
         lone = asyncio.ensure_future(batcher.alone(engine, lambda: Decoded(1.0)))
         await wait_entered(engine)
         early = asyncio.ensure_future(batcher.submit(engine, [item(2.0)]))
-        while batcher._queue.qsize() or batcher.depth < 2:  # until the worker has taken it
-            await asyncio.sleep(0)
+        await wait_taken(batcher, depth=2)  # the lone call and the image the worker took
         late = [asyncio.ensure_future(batcher.submit(engine, [item(v)])) for v in (3.0, 4.0)]
         await asyncio.sleep(0)
         engine.gate.set()
@@ -417,8 +422,7 @@ def test_stop_fails_images_a_worker_holds_while_collecting() -> None:
         batcher.start()
         with batcher.incoming(1):  # an announced image keeps the worker's batch open
             waiting = asyncio.ensure_future(batcher.submit(engine, [item(1.0)]))
-            while batcher.depth == 0 or batcher._queue.qsize():  # until a worker has taken it
-                await asyncio.sleep(0)
+            await wait_taken(batcher, depth=1)
             await batcher.stop(timeout=0.0)
         with pytest.raises(OverloadedError, match="shutting down"):
             await waiting
