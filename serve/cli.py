@@ -13,7 +13,8 @@ import sys
 import uvicorn
 
 from serve.app import create_app
-from serve.engine import Engine, EngineError
+from serve.engine import EngineError
+from serve.server import open_engine
 from serve.settings import Settings, load_settings
 
 
@@ -35,7 +36,7 @@ def configure_logging(level: str) -> None:
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
     try:
-        engine = Engine(settings.model, device=settings.device, threads=settings.threads)
+        engine = open_engine(settings)
     except EngineError as exc:
         print(f"vit serve: {exc}", file=sys.stderr)
         return 2

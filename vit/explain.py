@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.engine import softmax
 from serve.preprocess import ImageError, Preprocessing, decode_image
 from serve.render import explanation_figure, png_bytes
 from vit.arguments import parse_or_exit_code
@@ -46,12 +47,6 @@ class Explainer:
     describe: str  # the method line of the caption
     head_note: str  # what the per-head grid shows, or why there is none
     run: Callable[[np.ndarray], Explanation]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def checkpoint_explainer(path: Path, method: str, head_fusion: str, discard_ratio: float) -> Explainer:

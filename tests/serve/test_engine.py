@@ -32,11 +32,18 @@ def test_loads_metadata_and_io(tiny_model: Path) -> None:
     assert len(described["file_sha256"]) == 64 and described["provider"] == "CPUExecutionProvider"
 
 
-def test_session_options_spin_off_and_threads(tiny_model: Path) -> None:
+def spins(session: ort.InferenceSession) -> bool:
+    return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_session_options_spin_only_when_asked_and_threads(tiny_model: Path) -> None:
     engine = Engine(tiny_model, device="cpu", threads=1)
-    options = engine.session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert options.intra_op_num_threads == 1
+    assert not spins(engine.session)
+    assert engine.session.get_session_options().intra_op_num_threads == 1
+    spinning = Engine(tiny_model, device="cpu", threads=2, spinning=True)
+    spinning.warmup(max_batch_size=2, run_batch_size=1, instances=2)
+    assert spins(spinning.session)  # the all-threads session only
+    assert not any(spins(session) for session in spinning.instance_sessions)
 
 
 def test_warmup_opens_one_session_per_instance_with_a_share_of_the_threads(tiny_model: Path) -> None:

@@ -1,4 +1,4 @@
-"""serve/server.py: a client that disconnects frees its queued work; a connected one gets its answer."""
+"""serve/server.py: disconnected clients free their queued work; the engine the server opens."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 from starlette.requests import Request
 
 from serve.errors import ApiError
-from serve.server import Server
+from serve.server import Server, open_engine
 from serve.settings import Settings
 from tests.serve.test_batcher import FakeEngine, item, run, wait_entered
+from tests.serve.test_engine import spins
 
 
 def request_with(disconnect: asyncio.Event) -> Request:
@@ -67,3 +68,13 @@ def test_a_connected_client_gets_the_answer_and_the_watch_ends() -> None:
         await server.batcher.stop()
 
     run(main())
+
+
+@pytest.mark.parametrize(("instances", "spinning"), [(2, True), (1, False)])
+def test_the_lone_request_session_spins_only_when_batches_have_their_own(
+    tiny_model: Path, instances: int, spinning: bool
+) -> None:
+    # With instance sessions the all-threads session runs only on an idle server; with one
+    # instance it runs the batches too, beside the decoding threads it must not starve.
+    engine = open_engine(Settings(model=tiny_model, instances=instances, threads=2))
+    assert spins(engine.session) is spinning
