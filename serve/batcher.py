@@ -11,7 +11,8 @@ preprocessing pool, the event loop, a worker and the inference thread that batch
 Workers take no image while such a call holds the cores, so requests arriving meanwhile
 queue up and run as one batch after it.
 
-While batches run the queue fills, so under load batches grow on their own. ``instances``
+While batches run the queue fills, so under load batches grow on their own; images that are
+ready when several workers are free are shared out between them. ``instances``
 workers (Triton's ``instance_group`` count) run that many batches at the same time, each on its
 own thread and its instance's session (:meth:`serve.engine.Engine.warmup`), never on the event
 loop: on a 2-core CPU two single-threaded calls at once keep both cores busy with no
@@ -113,6 +114,7 @@ class Batcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending = 0  # images submitted and not yet answered (queued or running)
         self._incoming = 0  # images being decoded that will be submitted soon
+        self._collecting = 0  # workers not running a batch (free to take images)
         # Set while no :meth:`alone` call runs. That call uses all the cores, so workers take no
         # image meanwhile and the queue fills: requests arriving during it form one batch after.
         self._alone_done = asyncio.Event()
@@ -226,6 +228,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         deadline = first.enqueued + self.max_wait
         limit = min(first.engine.run_batch_size or self.max_batch_size, self.max_batch_size)
+        if self.instances > 1:
+            # Share what is ready or on its way with the other free workers: a burst of 8 runs
+            # as 4 + 4 on two instances, not 8 on one while the other idles (measured with
+            # run_batch_size 8 at c=8: p99 420-500 ms against 240-300 ms with batches of one).
+            ready = 1 + len(self._held) + self._queue.qsize() + self._incoming
+            limit = min(limit, -(-ready // self._collecting))
         while len(items) < limit:
             waiting = not self._held and self._queue.empty()
             remaining = deadline - loop.time()
@@ -246,7 +254,11 @@ class Batcher:
         while True:
             items: list[_Item] = []
             try:
-                await self._collect(items)
+                self._collecting += 1
+                try:
+                    await self._collect(items)
+                finally:
+                    self._collecting -= 1
                 items = [item for item in items if not item.future.done()]
                 if not items:
                     continue

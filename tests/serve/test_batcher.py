@@ -145,6 +145,32 @@ def test_instances_run_batches_at_the_same_time_in_queue_order() -> None:
     run(main())
 
 
+def test_free_instances_share_the_ready_images() -> None:
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.run_batch_size = 8
+        batches: list[int] = []
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0, instances=2, on_batch=batches.append)
+        batcher.start()
+        await asyncio.sleep(0)  # both workers are waiting for images, as in a running server
+        results = await batcher.submit(engine, [item(v) for v in range(8)])
+        assert batches == [4, 4]  # not 8 on one instance while the other idles
+        assert [r.logits[0] for r in results] == list(range(8))
+        assert sorted(engine.instances) == [0, 1]
+        engine.gate.clear()
+        engine.entered.clear()
+        busy = asyncio.ensure_future(batcher.submit(engine, [item(0)]))
+        await wait_entered(engine)  # one worker runs a batch: the free one takes a full batch
+        rest = asyncio.ensure_future(batcher.submit(engine, [item(v) for v in range(1, 9)]))
+        await wait_taken(batcher, depth=9)
+        engine.gate.set()
+        await asyncio.gather(busy, rest)
+        assert batches == [4, 4, 1, 8]
+        await batcher.stop()
+
+    run(main())
+
+
 def test_instances_must_be_positive() -> None:
     with pytest.raises(ValueError, match="instances"):
         Batcher(instances=0)
@@ -367,7 +393,7 @@ def test_requests_arriving_during_alone_are_queued_and_answered() -> None:
         (_, first), second = await lone, await queued
         assert first.attention.tolist() == [[1.0, 1.0]]
         assert [r.logits.tolist() for r in second] == [[2.0, -2.0], [4.0, -4.0]]
-        assert sorted(map(len, engine.calls)) == [1, 2]
+        assert list(map(len, engine.calls)) == [1, 1, 1]  # the two queued ones: one per instance
         await batcher.stop()
 
     run(main())
