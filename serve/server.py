@@ -39,12 +39,12 @@ def instance_count(settings: Settings) -> int:
 def open_engine(settings: Settings, path: Path | None = None) -> Engine:
     """The engine `vit serve` runs (``path``: another file for a reload). With several instances
     the batches run on the instances' sessions, so the all-threads session runs only a lone
-    request on an idle server (:meth:`Batcher.alone`): its threads may spin, ~7% faster."""
+    request on an idle server (:meth:`Batcher.alone`): its threads may spin (``--spin``)."""
     return Engine(
         path or settings.model,
         device=settings.device,
         threads=settings.threads,
-        spinning=instance_count(settings) > 1,
+        spinning=settings.spin and instance_count(settings) > 1,
     )
 
 

@@ -41,6 +41,13 @@ class Settings:
         default=0,
         **_opt("inference calls running at once, like Triton's instance count (0: 2 on CPU, 1 on CUDA)"),
     )
+    spin: bool = field(
+        default=True,
+        **_opt(
+            "with several instances, let the lone-request session's threads spin between operators "
+            "(lowest c=1 latency on dedicated cores; --no-spin where other work shares the cores)"
+        ),
+    )
     preprocess_threads: int = field(default=2, **_opt("threads that decode and preprocess images"))
     max_queue: int = field(default=256, **_opt("images waiting for inference before 503"))
     api_key: str | None = field(default=None, **_opt("require this key (Bearer or X-API-Key)"))

@@ -70,11 +70,13 @@ def test_a_connected_client_gets_the_answer_and_the_watch_ends() -> None:
     run(main())
 
 
-@pytest.mark.parametrize(("instances", "spinning"), [(2, True), (1, False)])
+@pytest.mark.parametrize(
+    ("instances", "spin", "spinning"), [(2, True, True), (1, True, False), (2, False, False)]
+)
 def test_the_lone_request_session_spins_only_when_batches_have_their_own(
-    tiny_model: Path, instances: int, spinning: bool
+    tiny_model: Path, instances: int, spin: bool, spinning: bool
 ) -> None:
     # With instance sessions the all-threads session runs only on an idle server; with one
     # instance it runs the batches too, beside the decoding threads it must not starve.
-    engine = open_engine(Settings(model=tiny_model, instances=instances, threads=2))
+    engine = open_engine(Settings(model=tiny_model, instances=instances, threads=2, spin=spin))
     assert spins(engine.session) is spinning
