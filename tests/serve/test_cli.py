@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -154,3 +155,10 @@ def wait_for_metric(base: str, line: str) -> None:
     while line not in httpx.get(f"{base}/metrics").text:
         assert time.monotonic() < deadline, f"metric never showed {line!r}"
         time.sleep(0.05)  # poll a condition
+
+
+def test_every_setting_is_in_the_documented_table() -> None:
+    serving = (Path(__file__).parents[2] / "docs" / "SERVING.md").read_text()
+    rows = [line for line in serving.splitlines() if line.startswith("| ") and "`VIT_SERVE_" in line]
+    documented = {line.split("`VIT_SERVE_")[1].split("`")[0] for line in rows}
+    assert documented == {f.name.upper() for f in dataclasses.fields(Settings)}
