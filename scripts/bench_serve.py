@@ -12,10 +12,11 @@ In one run, interleaved by concurrency (the servers not being measured are pause
 SIGSTOP): raw onnxruntime (batch sweep 1-32, before and after), `vit serve` (fp32 and int8),
 LitServe with batching on and off, a naive FastAPI + onnxruntime server and FastAPI + torch
 eager (``scripts/bench_peers.py``). ``--rounds N`` repeats all of that N times, each round
-with its own raw onnxruntime sweep, batch-1 latency and decode time; the report (``scripts/bench_serve_report.py``) shows medians
-of per-round ratios. ``--baseline-ref REF`` adds `vit serve` as of git commit REF (exported to
-the cache folder) as one more system, so a change is measured against its parent side by side
-(the report gives the per-round ratios and the c=1 p50 difference). Then `vit serve`'s resident
+with its own raw onnxruntime sweep, batch-1 latency and decode time; the report
+(``scripts/bench_serve_report.py``) shows medians of per-round ratios. ``--baseline-ref REF``
+adds `vit serve` as of git commit REF (exported to the cache folder) as one more system, so a
+change is measured against its parent side by side (the report gives the per-round ratios and
+the c=1 p50 difference). Then `vit serve`'s resident
 memory over ``--requests`` requests (a fifth of them malformed) and the disk size of a
 serving-only install.
 """
