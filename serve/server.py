@@ -187,7 +187,7 @@ async def get_server(request: Request) -> Server:
 
 async def require_key(request: Request) -> None:
     """``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` when the server has a key."""
-    key = request.app.state.server.settings.api_key
+    key = (await get_server(request)).settings.api_key
     if not key:
         return
     supplied = request.headers.get("x-api-key", "")
