@@ -117,7 +117,7 @@ def worker(engine: str, preset: str, batch: int, threads: int, seconds: float, w
             with torch.inference_mode():
                 model(tensor)
     else:
-        from vit.runtime import open_session
+        from vit.classifier import open_session
 
         precision = engine.removeprefix("ort-")
         suffix = ".onnx" if precision == "fp32" else f".{precision}.onnx"
@@ -237,9 +237,9 @@ def accuracy(
     """fp32 and int8 exports of ``checkpoint`` evaluated on ``data``'s test split."""
     import numpy as np
 
+    from vit.classifier import OnnxClassifier
     from vit.evaluate import evaluate, select_samples
     from vit.export import export_model
-    from vit.runtime import OnnxClassifier
 
     report = export_model(checkpoint, work / "trained.onnx", check_data=data / "test", quantize="int8")
     print(report.format(), file=sys.stderr)

@@ -80,7 +80,7 @@ def with_automatic_defaults(argv: list[str]) -> list[str]:
 def run_lightning(argv: list[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
 
-    from vit.checkpoint import BestAndLastCheckpoint
+    from vit.callbacks import BestAndLastCheckpoint
     from vit.data import ImageFolderDataModule
     from vit.model import ViTClassifier
 

@@ -1,7 +1,7 @@
 """``vit eval MODEL DATA_DIR``: top-1/top-5, per-class accuracy, confusion-matrix PNG, JSON report.
 
 MODEL is an ONNX file or a checkpoint; both go through the same decoding, preprocessing and
-batching (:mod:`vit.runtime`), so their numbers are directly comparable. DATA_DIR is read like
+batching (:mod:`vit.batches`), so their numbers are directly comparable. DATA_DIR is read like
 ``vit fit`` reads it (:func:`vit.folder.discover`): ``--split val`` of a flat class-folder root
 is the same held-out split training validated on (same ``--val-fraction`` and ``--seed``).
 """
@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from serve.engine import top_k
 from serve.metadata import MetadataError
 from vit.arguments import parse_or_exit_code
+from vit.batches import image_batches
+from vit.classifier import Classifier, ModelLoadError, load_classifier
 from vit.folder import DataError, Sample, discover
 from vit.predict import add_runtime_arguments, progress_bar
 from vit.report import (
@@ -27,7 +30,6 @@ from vit.report import (
     per_class_accuracy,
     write_confusion_matrix_png,
 )
-from vit.runtime import Classifier, ModelLoadError, image_batches, load_classifier, top_k
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -113,7 +115,10 @@ def evaluate(
                 logits = classifier.logits(batch.images)
                 targets = np.array([label for _, label in batch.items])
                 np.add.at(confusion, (targets, logits.argmax(-1)), 1)
-                top5_correct += int((top_k(logits, k) == targets[:, None]).any(-1).sum())
+                top5_correct += sum(
+                    int(target) in {p.index for p in top_k(row, classifier.labels, k)}
+                    for row, target in zip(logits, targets, strict=True)
+                )
             advance(len(batch.items) + len(batch.failed))
     return EvalResult(list(classifier.labels), confusion, top5_correct, k, skipped)
 

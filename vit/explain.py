@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.engine import softmax
+from serve.engine import softmax, top_k
 from serve.preprocess import ImageError, Preprocessing, decode_image
 from serve.render import explanation_figure, png_bytes
 from vit.arguments import parse_or_exit_code
@@ -33,11 +33,16 @@ class ExplainError(Exception):
 
 @dataclass
 class Explanation:
-    """One batch: class probabilities, the main maps and (checkpoints only) per-head maps."""
+    """One batch: class logits, the main maps and (checkpoints only) per-head maps."""
 
-    probs: np.ndarray  # [N, classes]
+    logits: np.ndarray  # [N, classes]
     maps: np.ndarray  # [N, grid_h, grid_w], each summing to 1
     heads: np.ndarray | None  # [N, heads, grid_h, grid_w] last-layer attention, or None
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Class probabilities [N, classes]."""
+        return softmax(self.logits)
 
 
 @dataclass
@@ -70,7 +75,7 @@ def checkpoint_explainer(path: Path, method: str, head_fusion: str, discard_rati
         else:  # fuse the renormalised per-head maps, then renormalise the fused map
             fused = {"mean": heads.mean, "max": heads.amax, "min": heads.amin}[head_fusion](dim=1)
             maps = fused / fused.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-        return Explanation(softmax(logits.float().numpy()), maps.numpy(), heads.numpy())
+        return Explanation(logits.float().numpy(), maps.numpy(), heads.numpy())
 
     readout = "class token" if layout.has_class_token else "mean of patch tokens (global pool)"
     if method == "rollout":
@@ -109,7 +114,7 @@ def onnx_explainer(path: Path) -> Explainer:
 
     def run(batch: np.ndarray) -> Explanation:
         logits, maps = session.run([logits_name, attention_name], {model_input.name: batch.astype(dtype)})
-        return Explanation(softmax(np.asarray(logits, np.float32)), np.asarray(maps, np.float32), None)
+        return Explanation(np.asarray(logits, np.float32), np.asarray(maps, np.float32), None)
 
     note = "per-head maps need the checkpoint (the ONNX file carries only the rollout map)"
     return Explainer(meta.labels, meta.preprocessing, "attention rollout as exported (ONNX)", note, run)
@@ -204,8 +209,8 @@ def main(argv: list[str]) -> int:
             continue
         result = explainer.run(np.stack(batch))
         for i, (view, (image_path, out)) in enumerate(zip(views, outs, strict=True)):
-            order = np.argsort(-result.probs[i])[: max(args.top_k, 1)]
-            top = ", ".join(f"{explainer.labels[k]} {100 * result.probs[i, k]:.1f}%" for k in order)
+            best = top_k(result.logits[i], explainer.labels, args.top_k)
+            top = ", ".join(f"{p.label} {100 * p.score:.1f}%" for p in best)
             lines = [f"{image_path.name}: {top}", explainer.describe, explainer.head_note]
             heads = result.heads[i] if result.heads is not None else None
             labels = [f"head {h}" for h in range(len(heads))] if heads is not None else None

@@ -30,7 +30,7 @@ import torch
 from serve.metadata import ModelMetadata
 from serve.preprocess import Preprocessing
 from vit.arguments import parse_or_exit_code
-from vit.runtime import open_session
+from vit.classifier import open_session
 from vit.verify import (
     ExportReport,
     FileReport,

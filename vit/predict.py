@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve.engine import softmax
+from serve.engine import top_k
 from serve.metadata import MetadataError
 from vit.arguments import parse_or_exit_code
+from vit.batches import image_batches
+from vit.classifier import DEVICES, Classifier, ModelLoadError, load_classifier
 from vit.folder import is_image_file
-from vit.runtime import DEVICES, Classifier, ModelLoadError, image_batches, load_classifier, top_k
 
 
 @dataclass
@@ -79,13 +80,10 @@ def predict_paths(
         for batch in image_batches(paths, classifier.preprocessing, batch_size, workers):
             failed += [(str(p), reason) for p, reason in batch.failed]
             if len(batch.items):
-                probabilities = softmax(classifier.logits(batch.images))
-                for path, row in zip(batch.items, probabilities, strict=True):
-                    best = top_k(row, k)
+                for path, row in zip(batch.items, classifier.logits(batch.images), strict=True):
+                    best = top_k(row, classifier.labels, k)
                     predictions.append(
-                        Prediction(
-                            str(path), [classifier.labels[i] for i in best], [float(row[i]) for i in best]
-                        )
+                        Prediction(str(path), [p.label for p in best], [p.score for p in best])
                     )
             advance(len(batch.items) + len(batch.failed))
     return predictions, failed

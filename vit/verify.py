@@ -16,8 +16,8 @@ from PIL import Image
 
 from serve.metadata import ModelMetadata
 from serve.preprocess import Preprocessing
+from vit.batches import image_batches
 from vit.folder import is_image_file
-from vit.runtime import image_batches
 
 FP32_TOLERANCE = 1e-4  # max |logit difference| accepted between the fp32 ONNX file and PyTorch
 

@@ -14,9 +14,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from serve.engine import top_k
 from serve.metadata import ModelMetadata
+from vit.batches import image_batches
+from vit.classifier import load_classifier
 from vit.predict import Prediction, format_predictions, main, predict_paths
-from vit.runtime import image_batches, load_classifier, top_k
 
 
 @pytest.fixture
@@ -120,6 +122,6 @@ def test_batches_keep_order_and_report_failures(tiny_onnx: Path, mixed_folder: P
 
 def test_top_k_and_table() -> None:
     scores = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
-    assert top_k(scores, 2).tolist() == [[1, 2], [2, 0]]
+    assert [[p.index for p in top_k(row, list("abc"), 2)] for row in scores] == [[1, 2], [2, 0]]
     text = format_predictions([Prediction("a.png", ["x", "y"], [0.9, 0.1])], "table", 2)
     assert text.splitlines()[1].split() == ["a.png", "x", "0.900", "y", "0.100"]

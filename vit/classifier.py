@@ -1,25 +1,21 @@
-"""A classifier from a MODEL path (ONNX file or vit checkpoint) plus the shared batching code.
+"""A classifier loaded from a MODEL path: an ONNX file (onnxruntime) or a ``vit fit`` checkpoint (torch).
 
-``vit predict``, ``vit eval`` and the export self-check feed images through exactly one path:
-:func:`image_batches` decodes with :func:`serve.preprocess.decode_image` and applies the model's
-own :class:`~serve.preprocess.Preprocessing` (from the ONNX metadata or the checkpoint), never
-from command-line flags. Torch is imported only when a checkpoint is opened.
+``vit predict``, ``vit eval`` and the export self-check open models here; the model carries its
+own :class:`~serve.preprocess.Preprocessing` (ONNX metadata or checkpoint), never command-line
+flags. Torch is imported only when a checkpoint is opened.
 """
 
 from __future__ import annotations
 
 import zipfile
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serve.metadata import ModelMetadata
-from serve.preprocess import DEFAULT_MAX_PIXELS, ImageError, Preprocessing, decode_image
+from serve.preprocess import Preprocessing
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -138,67 +134,3 @@ def load_classifier(path: str | Path, device: str = "auto", threads: int | None 
     if zipfile.is_zipfile(path):  # torch.save writes a zip archive; ONNX is a bare protobuf
         return TorchClassifier.open(path, device, threads)
     return OnnxClassifier.open(path, device, threads)
-
-
-# -- images -> batches ------------------------------------------------------------------------
-@dataclass
-class Batch:
-    """Preprocessed images that decoded (``items``: caller's objects, in order) and the failures."""
-
-    items: list[Any]
-    images: np.ndarray
-    failed: list[tuple[Any, str]] = field(default_factory=list)  # (item, reason)
-
-
-def load_image(
-    path: str | Path, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """One file -> float32 [3, H, W]; :class:`ImageError` (reason without the path) when it can't."""
-    try:
-        image = decode_image(path, max_pixels=max_pixels, preprocessing=preprocessing)
-    except ImageError as exc:
-        raise ImageError(str(exc).removeprefix(f"{path}: ")) from exc
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file, say why"
-        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
-    return preprocessing(image)
-
-
-def image_batches(
-    items: Iterable[Any],
-    preprocessing: Preprocessing,
-    batch_size: int = 32,
-    workers: int = 2,
-    path_of: Any = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Iterator[Batch]:
-    """Decode and preprocess in threads (PIL releases the GIL), one batch ahead of the model.
-
-    ``items`` are paths, or anything ``path_of(item)`` turns into a path (e.g. (path, label)).
-    """
-    path_of = path_of or (lambda item: item)
-    items = list(items)
-    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-
-    def load(item: Any) -> np.ndarray | str:
-        try:
-            return load_image(path_of(item), preprocessing, max_pixels)
-        except ImageError as exc:
-            return str(exc)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque[list[Future]] = deque()
-        for index in range(len(chunks)):
-            while len(pending) < 2 and index + len(pending) < len(chunks):
-                pending.append([pool.submit(load, item) for item in chunks[index + len(pending)]])
-            results = [future.result() for future in pending.popleft()]
-            ok = [(item, r) for item, r in zip(chunks[index], results, strict=True) if not isinstance(r, str)]
-            failed = [(item, r) for item, r in zip(chunks[index], results, strict=True) if isinstance(r, str)]
-            height, width = preprocessing.input_size
-            images = np.stack([r for _, r in ok]) if ok else np.empty((0, 3, height, width), np.float32)
-            yield Batch([item for item, _ in ok], images, failed)
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest scores per row, best first (stable for ties)."""
-    k = min(k, scores.shape[-1])
-    return np.argsort(-scores, axis=-1, kind="stable")[..., :k]

@@ -1,4 +1,4 @@
-"""vit/checkpoint.py: the fit-time checkpoint callback keeps ``last.ckpt`` at the latest step."""
+"""vit/callbacks.py: the fit-time checkpoint callback keeps ``last.ckpt`` at the latest step."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from vit.checkpoint import BestAndLastCheckpoint
+from vit.callbacks import BestAndLastCheckpoint
 
 
 class NeverImproves(BoringModel):
