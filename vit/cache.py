@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,8 +35,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from serve.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, decode_image
+from vit.atomic import atomic_file, write_atomic
 from vit.folder import SPLIT_NAMES, DataError, Splits, check_image
-from vit.report import atomic_write_bytes
 
 CACHE_VERSION = 1
 CACHE_MODES = (True, False, "auto")
@@ -122,10 +121,8 @@ def _build(
 ) -> list[tuple[str, str]]:
     """Decode ``paths`` into ``target`` (.npy, written beside it and renamed); returns skips."""
     height, width = preprocessing.input_size
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     skipped: list[tuple[str, str]] = []
-    try:
+    with atomic_file(target) as tmp:
         array = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3)
         )
@@ -139,10 +136,6 @@ def _build(
                     array[row] = pixels
         array.flush()
         del array
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return skipped
 
 
@@ -165,7 +158,7 @@ def load_or_build(
         start = time.monotonic()
         skipped = _build(paths, preprocessing, max_pixels, array_path, workers or os.cpu_count() or 1)
         meta = {"version": CACHE_VERSION, "count": len(paths), "size": [height, width], "skipped": skipped}
-        atomic_write_bytes(meta_path, json.dumps(meta).encode())
+        write_atomic(meta_path, json.dumps(meta).encode())
         rank_zero_info(f"decoded {len(paths)} images in {time.monotonic() - start:.1f} s")
     skipped = [(str(path), str(reason)) for path, reason in meta["skipped"]]
     bad = {path for path, _ in skipped}

@@ -20,12 +20,12 @@ import numpy as np
 from serve.engine import top_k
 from serve.metadata import MetadataError
 from vit.arguments import parse_or_exit_code
+from vit.atomic import write_atomic
 from vit.batches import image_batches
 from vit.classifier import Classifier, ModelLoadError, load_classifier
 from vit.folder import DataError, Sample, discover
 from vit.predict import add_runtime_arguments, progress_bar
 from vit.report import (
-    atomic_write_bytes,
     format_per_class_table,
     per_class_accuracy,
     write_confusion_matrix_png,
@@ -127,7 +127,7 @@ def write_report(result: EvalResult, out_dir: Path, extra: dict[str, Any]) -> tu
     """``report.json`` and ``confusion_matrix.png`` in ``out_dir``, each written atomically."""
     report = out_dir / "report.json"
     picture = out_dir / "confusion_matrix.png"
-    atomic_write_bytes(report, (json.dumps({**extra, **result.to_json()}, indent=2) + "\n").encode())
+    write_atomic(report, (json.dumps({**extra, **result.to_json()}, indent=2) + "\n").encode())
     write_confusion_matrix_png(result.confusion, result.labels, picture)
     return report, picture
 

@@ -21,7 +21,7 @@ from serve.engine import softmax, top_k
 from serve.preprocess import ImageError, Preprocessing, decode_image
 from serve.render import explanation_figure, png_bytes
 from vit.arguments import parse_or_exit_code
-from vit.report import atomic_write_bytes
+from vit.atomic import write_atomic
 
 METHODS = ("rollout", "last-layer")
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -215,6 +215,6 @@ def main(argv: list[str]) -> int:
             heads = result.heads[i] if result.heads is not None else None
             labels = [f"head {h}" for h in range(len(heads))] if heads is not None else None
             figure = explanation_figure(view, result.maps[i], lines, heads, labels, args.alpha, args.size)
-            atomic_write_bytes(out, png_bytes(figure))
+            write_atomic(out, png_bytes(figure))
             print(f"{image_path} -> {out}  ({top})")
     return 1 if failed else 0

@@ -13,10 +13,8 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
-import os
 import platform
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -30,6 +28,7 @@ import torch
 from serve.metadata import ModelMetadata
 from serve.preprocess import Preprocessing
 from vit.arguments import parse_or_exit_code
+from vit.atomic import atomic_file
 from vit.classifier import open_session
 from vit.verify import (
     ExportReport,
@@ -107,30 +106,17 @@ def stamp(model: onnx.ModelProto, metadata: ModelMetadata) -> onnx.ModelProto:
     return model
 
 
-def make_readable(path: Path) -> None:
-    """mkstemp creates 0600 files; give the file the permissions a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-
-
 def install_checked(
     model: onnx.ModelProto, target: Path, check: Callable[[Any, Path, int], FileReport]
 ) -> FileReport:
     """Write ``model`` beside ``target``, check it from disk, rename it into place only if it passes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+    with atomic_file(target) as tmp:
+        tmp.write_bytes(data)
         report = check(open_session(tmp, device="cpu"), target, len(data))
-        if report.ok:
-            make_readable(Path(tmp))
-            os.replace(tmp, target)
-        return report
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        if not report.ok:
+            tmp.unlink()  # a model that fails its check never replaces the file
+    return report
 
 
 def export_net(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from vit.atomic import write_atomic
 
 
 def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
@@ -30,20 +30,6 @@ def format_per_class_table(
     overall = np.trace(confusion) / max(confusion.sum(), 1)
     lines.append(f"  {'all':<{width}}  {int(confusion.sum()):>6}  {100 * overall:5.1f}%")
     return "\n".join(lines)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def render_confusion_matrix(confusion: np.ndarray, class_names: list[str], cell: int = 28) -> Image.Image:
@@ -81,4 +67,4 @@ def write_confusion_matrix_png(confusion: np.ndarray, class_names: list[str], pa
 
     buffer = io.BytesIO()
     render_confusion_matrix(confusion, class_names).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
 
 from serve.metadata import ModelMetadata
-from vit.report import atomic_write_bytes
+from vit.atomic import atomic_file, write_atomic
 
 TRITON_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -85,16 +84,10 @@ def write_triton_repository(
     folder = Path(root).expanduser() / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     # copy beside the target, then rename: Triton polling the repository never sees half a file
-    fd, tmp = tempfile.mkstemp(prefix=".model.onnx.", suffix=".tmp", dir=folder / "1")
-    try:
-        with open(fd, "wb") as out, open(model_path, "rb") as src:
-            shutil.copyfileobj(src, out)
+    with atomic_file(folder / "1" / "model.onnx") as tmp:
+        shutil.copyfile(model_path, tmp)
         shutil.copymode(model_path, tmp)
-        Path(tmp).replace(folder / "1" / "model.onnx")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    atomic_write_bytes(folder / LABELS_FILE, ("\n".join(metadata.labels) + "\n").encode())
+    write_atomic(folder / LABELS_FILE, ("\n".join(metadata.labels) + "\n").encode())
     config = config_pbtxt(model, name, max_batch_size=max_batch_size)
-    atomic_write_bytes(folder / "config.pbtxt", config.encode())
+    write_atomic(folder / "config.pbtxt", config.encode())
     return folder

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from serve.metadata import ModelMetadata
+from vit import atomic as atomic_module
 from vit import export as export_module
 from vit.checkpoint import load_checkpoint
 from vit.export import export_model, main, weights_sha256
@@ -218,7 +219,7 @@ def test_interrupted_export_leaves_no_partial_file(tiny_onnx, tiny_checkpoint, t
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_module.os, "replace", interrupted)
+    monkeypatch.setattr(atomic_module.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_model(tiny_checkpoint, tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
