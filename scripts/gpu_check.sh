@@ -8,7 +8,7 @@
 #   and, as phase "sweep", the epoch-matched sweep of CPU-recipe candidates
 #   (scripts/recipe_sweep.sh, SWEEP_SECONDS per run, default 220).
 # usage: [PHASES="sweep recipe"] [FIT_ARGS="--model.x y"] bash scripts/gpu_check.sh CIFAR_ZIP OUT_DIR [BUDGET]
-# PHASES (default "recipe") lets one lent machine session run them as separate calls; the
+# PHASES (default "recipe") lets one lent machine run them as separate calls; the
 # unpacked data and the decoded cache in /tmp and ~/.cache are reused while the machine is warm.
 set -uo pipefail
 zip=${1:?cifar10-jpeg.zip}; out=${2:?output folder}; budget=${3:-5m}
