@@ -49,6 +49,7 @@ from bench_load import CACHE, PIN, prepare_images, write_manifest, wrk  # noqa: 
 from bench_serve_report import report  # noqa: E402
 
 from serve.engine import Engine  # noqa: E402
+from serve.instances import warm_up  # noqa: E402
 from serve.preprocess import decode_image  # noqa: E402
 
 CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -103,7 +104,7 @@ class RawOrt:
         self.engine = Engine(model, device="cpu", spinning=True)
         self.images = images
         self.arrays = self.decode()
-        self.engine.warmup(32, instances=2)  # the sessions of `vit serve --instances 2`
+        warm_up(self.engine, 32, instances=2)  # the sessions of `vit serve --instances 2`
 
     def decode(self) -> list[np.ndarray]:
         pre = self.engine.metadata.preprocessing

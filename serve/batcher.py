@@ -30,7 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -58,6 +58,7 @@ class ItemResult:
     logits: np.ndarray
     attention: np.ndarray | None
     engine: Engine
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # other outputs (OOD inputs)
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _fail(items: list[_Item], exc: BaseException) -> None:
 def _row(outputs: Outputs, row: int, engine: Engine) -> ItemResult:
     """One image's share of a batch's outputs."""
     attention = outputs.attention[row] if outputs.attention is not None else None
-    return ItemResult(outputs.logits[row], attention, engine)
+    return ItemResult(outputs.logits[row], attention, engine, {k: v[row] for k, v in outputs.extra.items()})
 
 
 def _infer(engine: Engine, arrays: list[np.ndarray], with_attention: bool, instance: int) -> Outputs:

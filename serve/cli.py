@@ -14,8 +14,8 @@ import uvicorn
 
 from serve.app import create_app
 from serve.engine import EngineError
-from serve.server import open_engine
 from serve.settings import Settings, load_settings
+from serve.state import open_engine
 
 
 def configure_logging(level: str) -> None:

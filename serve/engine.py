@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,13 +113,10 @@ def file_sha256(path: Path) -> str:
 class Engine:
     """A loaded, warmed-up model: ``infer`` a preprocessed batch, read labels from metadata.
 
-    ``session`` has all ``threads`` (lowest latency for one call). :meth:`warmup` with
-    ``instances`` > 1 on a CPU adds sessions with ``threads // instances`` intra-op threads for
-    the instances' calls, one per instance as Triton gives each ``instance_group`` instance its
-    own session (one shared session when that is a single thread: it has no pool to contend
-    for): calls running at once then split the cores instead of contending for one pool.
-    ``spinning``: ``session``'s idle threads spin between operators, for a server that runs it
-    only on an otherwise idle CPU (its lone requests, :meth:`serve.batcher.Batcher.alone`).
+    ``session`` has all ``threads`` (lowest latency for one call); ``instance_sessions`` are
+    added by :func:`serve.instances.warm_up` for batches running at once. ``spinning``:
+    ``session``'s idle threads spin between operators, for a server that runs it only on an
+    otherwise idle CPU (its lone requests, :meth:`serve.batcher.Batcher.alone`).
     """
 
     def __init__(
@@ -132,8 +127,8 @@ class Engine:
         if not self.path.is_file():
             raise EngineError(f"{self.path}: no such model file")
         self.threads = threads or cpu_count()
-        self.session = self._open(self.threads, choose_providers(device), spinning)
-        self.instance_sessions: list[ort.InferenceSession] = []  # set by warmup()
+        self.session = self.open_session(self.threads, choose_providers(device), spinning)
+        self.instance_sessions: list[ort.InferenceSession] = []  # set by serve.instances.warm_up
         self.instance_threads = self.threads  # intra-op threads of an instance's call
         self.providers = self.session.get_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in self.providers:
@@ -146,7 +141,9 @@ class Engine:
         self._bind_io()
         self.load_seconds = time.perf_counter() - start
 
-    def _open(self, threads: int, providers: list[Any], spinning: bool = False) -> ort.InferenceSession:
+    def open_session(
+        self, threads: int, providers: list[Any], spinning: bool = False
+    ) -> ort.InferenceSession:
         try:
             options = session_options(threads, spinning)
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
@@ -175,7 +172,7 @@ class Engine:
         self.input_shape = (3, height, width)
         # A static batch axis (an export without a dynamic batch) caps and pads every batch.
         self.static_batch = batch if isinstance(batch, int) and batch > 0 else None
-        self.run_batch_size: int | None = self.static_batch  # set by warmup()
+        self.run_batch_size: int | None = self.static_batch  # set by serve.instances.warm_up
         outputs = {o.name: o for o in self.session.get_outputs()}
         names = list(outputs)
         wanted = self.metadata.outputs.get("logits") or names[0]
@@ -204,7 +201,7 @@ class Engine:
     def infer(self, batch: np.ndarray, with_attention: bool = False, instance: int | None = None) -> Outputs:
         """Preprocessed float batch [N, 3, H, W] -> logits (and attention when asked and present).
 
-        ``instance``: run on that instance's session (see :meth:`warmup`); else on the session
+        ``instance``: run on that instance's session (see :func:`serve.instances.warm_up`); else on the session
         with all threads.
         """
         count = batch.shape[0]
@@ -220,79 +217,6 @@ class Engine:
         logits = np.asarray(results[0][:count], dtype=np.float32)
         attention = np.asarray(results[1][:count], dtype=np.float32) if len(results) > 1 else None
         return Outputs(logits=logits, attention=attention)
-
-    def warmup(self, max_batch_size: int, run_batch_size: int = 0, instances: int = 1) -> None:
-        """Open the instances' sessions, allocate arenas and pick kernels before traffic; settle
-        :attr:`run_batch_size`.
-
-        ``instances`` > 1 on CPU: sessions with ``threads // instances`` threads (at least 1)
-        for the instances' calls. ``run_batch_size`` 0 means: on CPU, time batch sizes 1..max with
-        ``instances`` calls running at once (as the batcher will run them) and keep the one
-        with the lowest time per image (the smallest within 5 %: less latency); on CUDA, the
-        whole batch. On CPUs large batches often run slower per image than small ones
-        (activations leave the caches), so the batcher hands onnxruntime batches of this size.
-        """
-        if instances > 1 and self.device == "cpu" and not self.instance_sessions:
-            providers = self.session.get_providers()
-            self.instance_threads = max(1, self.threads // instances)
-            # A single-threaded session has no thread pool to contend for: calls at once each run
-            # on their caller's thread, so one such session (one copy of the weights) serves all.
-            count = instances if self.instance_threads > 1 else 1
-            self.instance_sessions = [self._open(self.instance_threads, providers) for _ in range(count)]
-        largest = min(max_batch_size, self.static_batch or max_batch_size)
-        for instance in (None, *range(len(self.instance_sessions))):  # every session, all-threads first
-            for size in sorted({1, largest}):
-                batch = np.zeros((size, *self.input_shape), np.float32)
-                self.infer(batch, with_attention=self.has_attention, instance=instance)
-        if self.static_batch:
-            self.run_batch_size = self.static_batch
-        elif run_batch_size > 0:
-            self.run_batch_size = min(run_batch_size, max_batch_size)
-        elif self.device == "cuda":
-            self.run_batch_size = max_batch_size
-        else:
-            self.run_batch_size = self._fastest_batch(max_batch_size, instances)
-        self._release_arena()
-
-    def _release_arena(self) -> None:
-        """Hand back the memory the warm-up's largest batches took: onnxruntime's arena keeps
-        its peak otherwise (measured, vit_tiny on 2 cores with 2 instances: 422 -> 117 MB)."""
-        options = ort.RunOptions()
-        devices = "cpu:0;gpu:0" if self.device == "cuda" else "cpu:0"
-        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
-        batch = np.zeros((self.static_batch or 1, *self.input_shape), self.input_dtype)
-        for session in (self.session, *self.instance_sessions):
-            session.run([self.logits_name], {self.input_name: batch}, options)
-
-    def _fastest_batch(self, max_batch_size: int, instances: int) -> int:
-        sizes = [s for s in (1, 2, 4, 8, 16, 32, 64) if s <= max_batch_size]
-        batches = {size: np.zeros((size, *self.input_shape), np.float32) for size in sizes}
-        per_image = dict.fromkeys(sizes, float("inf"))
-
-        # The calls of a round start together: without this an executor thread that finished
-        # early would take the next call too, timing one call at a time instead of `instances`.
-        start_together = threading.Barrier(instances)
-
-        def repeat(size: int, times: int, instance: int) -> None:
-            start_together.wait(timeout=60)
-            for _ in range(times):
-                self.infer(batches[size], instance=instance)
-
-        with ThreadPoolExecutor(max_workers=instances, thread_name_prefix="vit-probe") as callers:
-            for _ in range(2):  # interleaved rounds, best of each: a passing neighbour skews one size less
-                for size in sizes:
-                    self.infer(batches[size], instance=0)
-                    repeats = max(1, 16 // size)
-                    start = time.perf_counter()
-                    for done in [callers.submit(repeat, size, repeats, i) for i in range(instances)]:
-                        done.result()
-                    seconds = (time.perf_counter() - start) / (instances * repeats * size)
-                    per_image[size] = min(per_image[size], seconds)
-        best = min(per_image.values())
-        chosen = min(size for size, seconds in per_image.items() if seconds <= best * 1.05)
-        timings = {size: round(seconds * 1e3, 2) for size, seconds in per_image.items()}
-        log.info("batch size %d runs fastest per image (ms per image: %s)", chosen, timings)
-        return chosen
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/model`` reports."""

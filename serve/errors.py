@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from serve.batcher import OverloadedError
-from serve.preprocess import ImageError, ImageTooLargeError
+from serve.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
 
 log = logging.getLogger("serve.errors")
 
@@ -31,6 +31,7 @@ STATUS_CODES = {
     406: "not_acceptable",
     409: "conflict",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "invalid_parameter",
     503: "unavailable",
@@ -65,6 +66,8 @@ def to_api_error(exc: Exception) -> ApiError:
     """Any exception -> the :class:`ApiError` a client sees (500 only for our own bugs)."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, UnsupportedImageError):
+        return ApiError(415, "unsupported_image_format", str(exc))
     if isinstance(exc, ImageTooLargeError):
         return ApiError(413, "image_too_large", str(exc))
     if isinstance(exc, ImageError):
@@ -80,14 +83,18 @@ def to_api_error(exc: Exception) -> ApiError:
     return ApiError(500, "internal", f"internal error ({type(exc).__name__})")
 
 
-def error_response(request: Request, exc: Exception) -> JSONResponse:
-    error = to_api_error(exc)
+def error_body(path: str, error: ApiError) -> JSONResponse:
+    """The error's JSON answer in the shape of the route's protocol (v1 or OIP v2)."""
     body: dict[str, Any]
-    if request.url.path.startswith("/v2"):
+    if path.startswith("/v2"):
         body = {"error": error.message}
     else:
         body = {"error": {"code": error.code, "message": error.message}}
     return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def error_response(request: Request, exc: Exception) -> JSONResponse:
+    return error_body(request.url.path, to_api_error(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

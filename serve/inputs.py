@@ -10,7 +10,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from serve.errors import ApiError
-from serve.preprocess import ImageError, ImageTooLargeError, Preprocessing, decode_image
+from serve.preprocess import DEFAULT_FORMATS, ImageError, Preprocessing, decode_image
 
 FILE_FIELDS = ("file", "files")
 # What /docs shows as the request body of /v1/classify and /v1/explain.
@@ -63,10 +63,7 @@ async def read_uploads(request: Request, max_images: int) -> tuple[list[Upload],
             parts = [(k, v) for k, v in form.multi_items() if k in FILE_FIELDS and isinstance(v, UploadFile)]
             if not parts:
                 raise ApiError(422, "missing_file", "multipart body has no file in field 'file' or 'files'")
-            if len(parts) > max_images:
-                raise ApiError(
-                    413, "too_many_images", f"{len(parts)} images in one request; the limit is {max_images}"
-                )
+            check_count(len(parts), max_images)
             uploads = [
                 Upload(v.filename or f"file {i + 1}", await v.read()) for i, (_, v) in enumerate(parts)
             ]
@@ -82,30 +79,27 @@ async def read_uploads(request: Request, max_images: int) -> tuple[list[Upload],
     )
 
 
-def crop_box(preprocessing: Preprocessing, width: int, height: int) -> tuple[float, float, float, float]:
-    """The centre crop the model sees, as fractions (left, top, right, bottom) of the image."""
-    resized_w, resized_h = preprocessing.resized_size(width, height)
-    crop_h, crop_w = preprocessing.input_size
-    top = int(round((resized_h - crop_h) / 2.0))  # same rounding as Preprocessing.resize_and_crop
-    left = int(round((resized_w - crop_w) / 2.0))
-    return (
-        max(left, 0) / resized_w,
-        max(top, 0) / resized_h,
-        min(left + crop_w, resized_w) / resized_w,
-        min(top + crop_h, resized_h) / resized_h,
-    )
+def check_count(count: int, max_images: int) -> None:
+    """The one image-count limit of a request (v1 uploads and OIP tensors alike)."""
+    if count > max_images:
+        raise ApiError(413, "too_many_images", f"{count} images in one request; the limit is {max_images}")
 
 
-def prepare(upload: Upload, preprocessing: Preprocessing, max_pixels: int, keep_image: bool) -> Prepared:
-    """Decode and preprocess one upload (runs in the preprocessing thread pool)."""
+def prepare(
+    upload: Upload,
+    preprocessing: Preprocessing,
+    max_pixels: int,
+    keep_image: bool,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+) -> Prepared:
+    """Decode and preprocess one upload (runs in a thread)."""
     try:
-        image = decode_image(upload.data, max_pixels=max_pixels, preprocessing=preprocessing)
+        image = decode_image(upload.data, max_pixels=max_pixels, preprocessing=preprocessing, formats=formats)
     except ImageError as exc:
         # decode_image names bytes "image"; name the upload the client knows instead.
         message = str(exc).removeprefix("image: ")
-        kind = ImageTooLargeError if isinstance(exc, ImageTooLargeError) else ImageError
-        raise kind(f"{upload.name}: {message}") from exc
+        raise type(exc)(f"{upload.name}: {message}") from exc
     array = preprocessing(image)
     if not keep_image:
         return Prepared(array)
-    return Prepared(array, image, crop_box(preprocessing, *image.size))
+    return Prepared(array, image, preprocessing.crop_box(*image.size))

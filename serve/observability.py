@@ -1,4 +1,4 @@
-"""Prometheus metrics, the structured access log and the request-body limit (one ASGI layer).
+"""Prometheus metrics and the structured access log (one ASGI layer).
 
 Metrics live on a per-app :class:`CollectorRegistry`, so several apps (tests, reloads) never
 share counters. The middleware is plain ASGI rather than ``BaseHTTPMiddleware``: it adds no
@@ -14,8 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-
-from serve.errors import ApiError
 
 access_log = logging.getLogger("serve.access")
 
@@ -58,19 +56,11 @@ class Metrics:
 
 
 class ObservabilityMiddleware:
-    """Counts and times every HTTP request, logs one JSON line per request, caps body bytes."""
+    """Counts and times every HTTP request, logs one JSON line per request."""
 
-    def __init__(
-        self,
-        app: Any,
-        *,
-        metrics: Metrics,
-        max_body_bytes: Callable[[], int],
-        log_requests: Callable[[], bool],
-    ) -> None:
+    def __init__(self, app: Any, *, metrics: Metrics, log_requests: Callable[[], bool]) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
         self.log_requests = log_requests
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
@@ -79,20 +69,13 @@ class ObservabilityMiddleware:
             return
         start = time.perf_counter()
         status = 500
-        limit = self.max_body_bytes()
         received = 0
-        declared = _content_length(scope)
 
-        async def limited_receive() -> dict[str, Any]:
-            # Checked when a route reads the body, so only routes that take bodies pay for it.
+        async def counting_receive() -> dict[str, Any]:
             nonlocal received
-            if declared is not None and declared > limit:
-                raise ApiError(413, "body_too_large", f"request body of {declared} bytes exceeds {limit}")
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise ApiError(413, "body_too_large", f"request body exceeds {limit} bytes")
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
@@ -103,7 +86,7 @@ class ObservabilityMiddleware:
 
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, counting_receive, tracking_send)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
@@ -127,13 +110,3 @@ class ObservabilityMiddleware:
                         }
                     )
                 )
-
-
-def _content_length(scope: dict[str, Any]) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None

@@ -1,193 +1,154 @@
-"""Open Inference Protocol v2 (KServe / Triton) REST routes over the same engine and batcher.
+"""Open Inference Protocol v2 (KServe / Triton) REST routes over the same pipeline.
 
 Inputs: the model's FP32 image tensor ``[N, 3, H, W]`` (preprocessed exactly as
-``Preprocessing`` does), or ``image_bytes``: BYTES ``[N]`` of encoded images, preprocessed
-here. Tensors may come as JSON ``data`` or with Triton's binary tensor extension
+``Preprocessing`` does), or ``image_bytes``: BYTES ``[N]`` of encoded images, decoded by the
+pipeline. Tensors may come as JSON ``data`` or with Triton's binary tensor extension
 (``Inference-Header-Content-Length``), which is what tritonclient sends by default. Outputs are
 the model's raw outputs (``logits``, and ``attention`` when the file has it); an output may
-ask for Triton's ``classification`` extension (``"score:index:label"`` strings).
+ask for Triton's ``classification`` extension (``"score:index:label"`` strings, calibrated).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import struct
+import asyncio
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
-from serve.engine import Engine, softmax
+from serve.deps import Keyed, StateDep
+from serve.engine import Engine
 from serve.errors import ApiError
 from serve.inputs import Upload
-from serve.server import Server, ServerDep, require_key
+from serve.oip_wire import (
+    BYTES_INPUT,
+    OutputSpec,
+    bad,
+    encode_output,
+    encode_response,
+    image_blobs,
+    image_tensor,
+    output_specs,
+    params,
+    parse,
+)
+from serve.pipeline import Answer
+from serve.schemas import errors
+from serve.state import ServerState
 
-BYTES_INPUT = "image_bytes"
-DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-keyed = [Depends(require_key)]
+OIP_ERRORS = errors(400, 401, 404, 413, 415, 499, 503, 504, oip=True)
 
 
-def bad(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message)
+class TensorSpec(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
 
 
-def _engine_for(server: Server, name: str) -> Engine:
-    engine = server.current()
-    if name != server.name:
-        raise ApiError(404, "not_found", f"unknown model {name!r}; this server serves {server.name!r}")
-    return engine
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadataV2(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class ModelReady(BaseModel):
+    name: str | None = None
+    ready: bool
+
+
+class InferInput(BaseModel):
+    name: str = Field(
+        description=f"the model's image input (FP32 [N, 3, H, W]) or {BYTES_INPUT!r} (BYTES [N])"
+    )
+    shape: list[int]
+    datatype: str
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[InferInput]
+    outputs: list[InferOutput] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferOutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutputTensor]
+
+
+def _engine_for(state: ServerState, name: str) -> Engine:
+    """The engine behind ``/v2/models/{name}``: the one name this server serves, else 404."""
+    if name != state.name:
+        raise ApiError(404, "not_found", f"unknown model {name!r}; this server serves {state.name!r}")
+    return state.current()
 
 
 def _shape(dims: list[Any]) -> list[int]:
     return [d if isinstance(d, int) and d > 0 else -1 for d in dims]
 
 
-def _params(holder: dict[str, Any], what: str) -> dict[str, Any]:
-    params = holder.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise bad(f"{what} 'parameters' must be an object")
-    return params
-
-
-def _split_bytes(raw: bytes) -> list[bytes]:
-    """Triton's BYTES wire format: each element is a little-endian uint32 length, then the bytes."""
-    items, offset = [], 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise bad("BYTES tensor is truncated")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise bad("BYTES tensor is truncated")
-        items.append(raw[offset : offset + length])
-        offset += length
-    return items
-
-
-def _join_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
-
-
-def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """Split the JSON header from binary tensor data (Triton's binary tensor extension)."""
-    try:
-        cut = int(header_length) if header_length is not None else len(body)
-        if not 0 <= cut <= len(body):
-            raise ValueError(f"Inference-Header-Content-Length {cut} is outside the body")
-        request = json.loads(body[:cut])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad(f"request is not valid JSON: {exc}") from exc
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
-        raise bad("request needs a non-empty 'inputs' list")
-    return request, body[cut:]
-
-
-async def _images(
-    server: Server, engine: Engine, tensor: dict[str, Any], raw: bytes | None
-) -> list[np.ndarray]:
-    """One input tensor -> per-image model input arrays."""
-    name, datatype = tensor.get("name"), tensor.get("datatype")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise bad(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if name == BYTES_INPUT:
-        if datatype != "BYTES":
-            raise bad(f"input {BYTES_INPUT!r} must be BYTES, got {datatype!r}")
-        if raw is not None:
-            blobs = _split_bytes(raw)
-        else:
-            try:  # JSON cannot hold binary: BYTES data are base64 strings here.
-                blobs = [
-                    base64.b64decode(s, validate=True) for s in np.asarray(tensor.get("data"), object).ravel()
-                ]
-            except (binascii.Error, TypeError, ValueError) as exc:
-                raise bad(f"input {BYTES_INPUT!r}: JSON data must be base64 strings ({exc})") from exc
-        if len(blobs) != int(np.prod(shape)) or not blobs:
-            raise bad(f"input {BYTES_INPUT!r}: shape {shape} does not match {len(blobs)} elements")
-        _check_count(server, len(blobs))
-        uploads = [Upload(f"{BYTES_INPUT}[{i}]", blob) for i, blob in enumerate(blobs)]
-        return [p.array for p in await server.prepare(engine, uploads)]
-    if name != engine.input_name:
-        raise bad(
-            f"unknown input {name!r}; inputs are {engine.input_name!r} (FP32) and {BYTES_INPUT!r} (BYTES)"
-        )
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise bad(f"input {name!r} must be one of {sorted(DATATYPES)}, got {datatype!r}")
-    if len(shape) != 4 or tuple(shape[1:]) != engine.input_shape or shape[0] < 1:
-        raise bad(f"input {name!r}: shape {shape} must be [N, {', '.join(map(str, engine.input_shape))}]")
-    _check_count(server, shape[0])
-    try:
-        if raw is not None:
-            array = np.frombuffer(raw, DATATYPES[datatype]).reshape(shape)
-        else:
-            array = np.asarray(tensor.get("data"), DATATYPES[datatype]).reshape(shape)
-    except (ValueError, TypeError) as exc:
-        raise bad(f"input {name!r}: data does not fit shape {shape} ({exc})") from exc
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise bad(f"input {name!r} contains NaN or infinity")
-    return list(array)
-
-
-def _check_count(server: Server, count: int) -> None:
-    if count > server.settings.max_images:
-        raise ApiError(
-            413,
-            "too_many_images",
-            f"{count} images in one request; the limit is {server.settings.max_images}",
-        )
-
-
-def _output(name: str, array: np.ndarray, datatype: str, binary: bool) -> tuple[dict[str, Any], bytes]:
-    spec: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-    if binary:
-        data = _join_bytes([s.encode() for s in array.ravel()]) if datatype == "BYTES" else array.tobytes()
-        spec["parameters"] = {"binary_data_size": len(data)}
-        return spec, data
-    spec["data"] = [str(s) for s in array.ravel()] if datatype == "BYTES" else array.ravel().tolist()
-    return spec, b""
-
-
-def _classification(logits: np.ndarray, labels: list[str], k: int) -> np.ndarray:
-    probs = softmax(logits)
-    k = max(1, min(k, probs.shape[1]))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    rows = [[f"{probs[n, i]:f}:{i}:{labels[i]}" for i in row] for n, row in enumerate(order)]
-    return np.asarray(rows, dtype=object)
-
-
-@router.get("")
+@router.get("", response_model=ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
     return {"name": "vit-serve", "version": "1", "extensions": ["binary_tensor_data", "classification"]}
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=Live)
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready")
-async def ready(server: ServerDep) -> JSONResponse:
-    return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 503)
+@router.get("/health/ready", response_model=ModelReady, responses={503: {"model": ModelReady}})
+async def ready(state: StateDep) -> JSONResponse:
+    return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
 
 
-@router.get("/models/{name}", dependencies=keyed)
-@router.get("/models/{name}/versions/{version}", dependencies=keyed)
-async def model_metadata(name: str, server: ServerDep) -> dict[str, Any]:
-    engine = _engine_for(server, name)
+@router.get("/models/{name}", dependencies=Keyed, response_model=ModelMetadataV2, responses=OIP_ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}",
+    dependencies=Keyed,
+    response_model=ModelMetadataV2,
+    responses=OIP_ERRORS,
+)
+async def model_metadata(name: str, state: StateDep, version: str | None = None) -> dict[str, Any]:
+    engine = _engine_for(state, name)
     outputs = {o.name: o for o in engine.session.get_outputs()}
     described = [
-        {"name": engine.logits_name, "datatype": "FP32", "shape": _shape(outputs[engine.logits_name].shape)}
+        {"name": n, "datatype": "FP32", "shape": _shape(outputs[n].shape)} for n in _available(engine)
     ]
-    if engine.attention_name:
-        shape = _shape(outputs[engine.attention_name].shape)
-        described.append({"name": engine.attention_name, "datatype": "FP32", "shape": shape})
     return {
-        "name": server.name,
+        "name": state.name,
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
         "inputs": [
@@ -198,73 +159,121 @@ async def model_metadata(name: str, server: ServerDep) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{name}/ready", dependencies=keyed)
-@router.get("/models/{name}/versions/{version}/ready", dependencies=keyed)
-async def model_ready(name: str, server: ServerDep) -> JSONResponse:
-    if name != server.name:
-        raise ApiError(404, "not_found", f"unknown model {name!r}; this server serves {server.name!r}")
-    return JSONResponse({"name": name, "ready": server.ready}, status_code=200 if server.ready else 503)
+@router.get("/models/{name}/ready", dependencies=Keyed, response_model=ModelReady, responses=OIP_ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    dependencies=Keyed,
+    response_model=ModelReady,
+    responses=OIP_ERRORS,
+)
+async def model_ready(name: str, state: StateDep, version: str | None = None) -> JSONResponse:
+    if name != state.name:
+        raise ApiError(404, "not_found", f"unknown model {name!r}; this server serves {state.name!r}")
+    return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
 
-@router.post("/models/{name}/infer", dependencies=keyed)
-@router.post("/models/{name}/versions/{version}/infer", dependencies=keyed)
-async def infer(name: str, request: Request, server: ServerDep) -> Response:
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": InferRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "JSON header of Inference-Header-Content-Length bytes, then binary tensors",
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{name}/infer",
+    dependencies=Keyed,
+    response_model=InferResponse,
+    responses=OIP_ERRORS,
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    dependencies=Keyed,
+    response_model=InferResponse,
+    responses=OIP_ERRORS,
+    openapi_extra=INFER_BODY,
+)
+async def infer(name: str, request: Request, state: StateDep, version: str | None = None) -> Response:
     """Run the model on an FP32 tensor or on encoded images (BYTES)."""
-    return await server.within_deadline(_infer(name, request, server))
-
-
-async def _infer(name: str, request: Request, server: Server) -> Response:
-    engine = _engine_for(server, name)
+    engine = _engine_for(state, name)
     body = await request.body()
+    loop = asyncio.get_running_loop()
     header_length = request.headers.get("inference-header-content-length")
-    return await server.while_connected(request, _answer(server, engine, body, header_length))
+    # Parsing, tensor conversion and encoding scale with the body: off the event loop.
+    payload, binary = await loop.run_in_executor(state.pool, parse, body, header_length)
+    tensor, raw = _input(payload, binary, engine)
+    specs = output_specs(payload, _available(engine), state.settings.max_outputs)
+    if tensor.get("name") == BYTES_INPUT:
+        blobs = image_blobs(tensor, raw, state.settings.max_images)
+        items: list[Any] = [Upload(f"{BYTES_INPUT}[{i}]", blob) for i, blob in enumerate(blobs)]
+    else:
+        if tensor.get("name") != engine.input_name:
+            raise bad(
+                f"unknown input {str(tensor.get('name'))[:80]!r}; inputs are {engine.input_name!r} (FP32) "
+                f"and {BYTES_INPUT!r} (BYTES)"
+            )
+        count = tensor.get("shape")[0] if isinstance(tensor.get("shape"), list) and tensor.get("shape") else 0
+        if isinstance(count, int) and count > state.settings.max_images:
+            raise ApiError(
+                413,
+                "too_many_images",
+                f"{count} images in one request; the limit is {state.settings.max_images}",
+            )
+        items = list(await loop.run_in_executor(state.pool, image_tensor, tensor, raw, engine.input_shape))
+    attention = any(spec.name == engine.attention_name for spec in specs)
+    top_k = max([spec.classes for spec in specs] + [1])
+    answers = await state.pipeline.run(engine, items, top_k=top_k, attention=attention)
+    header = {"model_name": state.name, "model_version": "1"}
+    if "id" in payload:
+        header["id"] = payload["id"]
+    content, media_type, headers = await loop.run_in_executor(
+        state.pool, _encode, header, specs, answers, engine
+    )
+    return Response(content, media_type=media_type, headers=headers)
 
 
-async def _answer(server: Server, engine: Engine, body: bytes, header_length: str | None) -> Response:
-    payload, binary = _parse(body, header_length)
+def _available(engine: Engine) -> list[str]:
+    return [engine.logits_name] + ([engine.attention_name] if engine.attention_name else [])
+
+
+def _input(payload: dict[str, Any], binary: bytes, engine: Engine) -> tuple[dict[str, Any], bytes | None]:
+    """The one input tensor and its binary data, if it came with the binary extension."""
     if len(payload["inputs"]) != 1:
         raise bad(f"expected exactly one input ({engine.input_name!r} or {BYTES_INPUT!r})")
     tensor = payload["inputs"][0]
     if not isinstance(tensor, dict):
         raise bad("each input must be an object")
-    size = _params(tensor, "input").get("binary_data_size")
-    if size is not None and (not isinstance(size, int) or not 0 <= size <= len(binary)):
-        raise bad(f"binary_data_size {size!r} does not fit the {len(binary)} bytes after the JSON header")
-    available = [engine.logits_name] + ([engine.attention_name] if engine.attention_name else [])
-    requested = payload.get("outputs") or [{"name": n} for n in available]
-    default_binary = bool(_params(payload, "request").get("binary_data_output", False))
-    if not isinstance(requested, list):
-        raise bad("'outputs' must be a list")
-    for output in requested:
-        if not isinstance(output, dict) or output.get("name") not in available:
-            raise bad(f"unknown output {output!r}; outputs are {available}")
-    arrays = await _images(server, engine, tensor, binary[:size] if size is not None else None)
-    with_attention = any(o["name"] == engine.attention_name for o in requested)
-    results = await server.batcher.submit(engine, arrays, with_attention=with_attention)
+    size = params(tensor, "input").get("binary_data_size")
+    if size is not None and (
+        not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary)
+    ):
+        raise bad(
+            f"binary_data_size {str(size)[:40]!r} does not fit the {len(binary)} bytes after the JSON header"
+        )
+    return tensor, (binary[:size] if size is not None else None)
 
-    specs, blobs = [], []
-    for output in requested:
-        params = _params(output, "output")
-        binary_out = bool(params.get("binary_data", default_binary))
-        logits = output["name"] == engine.logits_name
-        array = np.stack([r.logits if logits else r.attention for r in results])
-        classes = params.get("classification")
-        if isinstance(classes, int) and classes > 0 and logits:
-            spec, blob = _output(
-                output["name"], _classification(array, engine.labels, classes), "BYTES", binary_out
-            )
+
+def _encode(
+    header: dict[str, Any], specs: list[OutputSpec], answers: list[Answer], engine: Engine
+) -> tuple[bytes, str, dict[str, str]]:
+    outputs, blobs = [], []
+    for spec in specs:
+        if spec.name == engine.logits_name and spec.classes:
+            rows = [
+                [f"{p.score:f}:{p.index}:{p.label}" for p in a.predictions[: spec.classes]] for a in answers
+            ]
+            output, blob = encode_output(spec.name, np.asarray(rows, dtype=object), "BYTES", spec.binary)
         else:
-            spec, blob = _output(output["name"], array.astype(np.float32), "FP32", binary_out)
-        specs.append(spec)
+            logits = spec.name == engine.logits_name
+            array = np.stack([a.result.logits if logits else a.result.attention for a in answers])
+            output, blob = encode_output(spec.name, array.astype(np.float32), "FP32", spec.binary)
+        outputs.append(output)
         blobs.append(blob)
-    header = {"model_name": server.name, "model_version": "1", "outputs": specs}
-    if "id" in payload:
-        header["id"] = payload["id"]
-    if not any(blobs):
-        return JSONResponse(header)
-    head = json.dumps(header).encode()
-    return Response(
-        head + b"".join(blobs),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(head))},
-    )
+    return encode_response({**header, "outputs": outputs}, blobs)

@@ -26,6 +26,9 @@ from PIL import Image, ImageOps
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 50_000_000
+# The formats decoded by default: what cameras, browsers and data sets produce. Pillow has ~40
+# more decoders (EPS hands the bytes to Ghostscript); none of them runs unless asked for.
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -44,6 +47,10 @@ class ImageError(ValueError):
 
 class ImageTooLargeError(ImageError):
     """The image has more pixels than allowed (decompression-bomb guard)."""
+
+
+class UnsupportedImageError(ImageError):
+    """The image's format is not on the allow-list (no decoder plugin ran for it)."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +122,25 @@ class Preprocessing:
         if width < crop_w or height < crop_h:  # only for crop_pct > 1-like rounding: pad like torchvision
             image = ImageOps.pad(image, (max(width, crop_w), max(height, crop_h)), color=(0, 0, 0))
             width, height = image.size
-        top = int(round((height - crop_h) / 2.0))
-        left = int(round((width - crop_w) / 2.0))
+        left, top = self.crop_origin(width, height)
         return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def crop_origin(self, resized_w: int, resized_h: int) -> tuple[int, int]:
+        """(left, top) of the centre crop in an image resized to the given size (torchvision's rounding)."""
+        crop_h, crop_w = self.input_size
+        return int(round((resized_w - crop_w) / 2.0)), int(round((resized_h - crop_h) / 2.0))
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The centre crop the model sees, as fractions (left, top, right, bottom) of a source image."""
+        resized_w, resized_h = self.resized_size(width, height)
+        crop_h, crop_w = self.input_size
+        left, top = self.crop_origin(resized_w, resized_h)
+        return (
+            max(left, 0) / resized_w,
+            max(top, 0) / resized_h,
+            min(left + crop_w, resized_w) / resized_w,
+            min(top + crop_h, resized_h) / resized_h,
+        )
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 HWC (or NHWC) RGB -> float32 CHW (or NCHW): ``(pixels / 255 - mean) / std``."""
@@ -197,6 +220,7 @@ def decode_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     preprocessing: Preprocessing | None = None,
+    formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> Image.Image:
     """Bytes or a path -> upright 8-bit RGB PIL image; :class:`ImageError` says why not.
 
@@ -209,7 +233,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
+            image = Image.open(stream, formats=list(formats))
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(
@@ -228,6 +252,30 @@ def decode_image(
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: no such file") from exc
     except Image.UnidentifiedImageError as exc:
+        other = _other_format(stream, formats)
+        if other:
+            raise UnsupportedImageError(
+                f"{name}: {other} images are not accepted (accepted: {', '.join(formats)})"
+            ) from exc
         raise ImageError(f"{name}: not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: cannot decode image ({exc})") from exc
+
+
+def _other_format(stream: BinaryIO, formats: Sequence[str]) -> str | None:
+    """The format another Pillow plugin would claim these bytes for, by its prefix check only
+    (``_accept`` reads the first bytes; no decoder runs)."""
+    try:
+        stream.seek(0)
+        prefix = stream.read(16)
+    except (OSError, ValueError):
+        return None
+    Image.init()
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt not in formats and accept is not None:
+            try:
+                if accept(prefix):
+                    return fmt
+            except Exception:  # a plugin's prefix check must not turn a 415 into a 500
+                continue
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
 import random
@@ -452,13 +453,30 @@ def test_reload_under_load_loses_no_request(
         assert response.status_code == 200, response.text
         return response.json()
 
+    answered = threading.Event()
+    reloaded = threading.Event()
+
+    def keep_posting(worker: int) -> list[dict]:
+        # Posts until the reload has returned, and once more: requests run before, during and
+        # after the swap, so the reload overlaps them by construction.
+        answers = []
+        for i in itertools.count():
+            done = reloaded.is_set()
+            answers.append(post(worker * 7 + i))
+            answered.set()
+            if done:
+                return answers
+
     with ThreadPoolExecutor(4) as pool:
-        load = pool.map(post, range(60))
+        load = [pool.submit(keep_posting, worker) for worker in range(3)]
+        assert answered.wait(30)
         swapped = client.post("/v1/admin/reload", json={"path": str(renamed)}, headers=key)
-        answers = list(load)
+        reloaded.set()
+        answers = [a for future in load for a in future.result()]
     assert swapped.status_code == 200 and swapped.json()["labels"] == ["kot", "pies", "ptak"]
-    assert {a["predictions"][0]["label"] for a in answers} <= {"dog", "pies"}
-    assert post(0)["predictions"][0]["label"] == "pies" and post(0)["model"] == "renamed"
+    assert {a["predictions"][0]["label"] for a in answers} == {"dog", "pies"}  # both models answered
+    assert post(0)["predictions"][0]["label"] == "pies"
+    assert post(0)["model"] == "tiny"  # the served name stays across reloads (no --model-name)
     bad = client.post("/v1/admin/reload", json={"path": str(model_dir / "nope.onnx")}, headers=key)
     assert bad.status_code == 422 and error_of(bad)["code"] == "reload_failed"
     assert post(0)["predictions"][0]["label"] == "pies"  # still serving the previous model

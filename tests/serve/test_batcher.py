@@ -1,64 +1,20 @@
 """serve/batcher.py: batch formation, result routing, bounded queue, errors, engines, drain.
 
-A fake engine blocks its first call on an event, so later submissions pile up in the queue
-deterministically (no sleeps); batch sizes are then read from what the engine saw.
+The fake engine (tests/serve/fakes.py) blocks its first call on an event, so later
+submissions pile up in the queue deterministically (no sleeps).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
-from typing import Any
 
 import numpy as np
 import pytest
 
 from serve.batcher import Batcher, OverloadedError
 from serve.engine import Outputs
-
-
-class FakeEngine:
-    """Logits = [value, -value] of each image's scalar; records batch sizes; can block."""
-
-    run_batch_size: int | None = None
-
-    def __init__(self, fail: bool = False) -> None:
-        self.calls: list[list[float]] = []
-        self.instances: list[int | None] = []  # the session each call asked for
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.fail = fail
-
-    def infer(self, batch: np.ndarray, with_attention: bool = False, instance: int | None = None) -> Outputs:
-        self.entered.set()
-        self.gate.wait(10)
-        self.calls.append([float(x) for x in batch[:, 0]])
-        self.instances.append(instance)
-        if self.fail:
-            raise RuntimeError("model exploded")
-        logits = np.stack([batch[:, 0], -batch[:, 0]], axis=1)
-        attention = np.repeat(batch[:, :1, None], 2, axis=2) if with_attention else None
-        return Outputs(logits=logits, attention=attention)
-
-
-def item(value: float) -> np.ndarray:
-    return np.array([value], np.float32)
-
-
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
-
-
-async def wait_entered(engine: FakeEngine) -> None:
-    await asyncio.to_thread(engine.entered.wait, 10)
-
-
-async def wait_taken(batcher: Batcher, depth: int) -> None:
-    """Until ``depth`` images are submitted and none is left in the queue: a worker took them."""
-    while batcher._queue.qsize() or batcher.depth < depth:
-        await asyncio.sleep(0)
+from tests.serve.fakes import FakeEngine, item, run, wait_entered, wait_queued, wait_taken, wait_until
 
 
 def test_results_are_routed_to_their_requests() -> None:
@@ -85,7 +41,7 @@ def test_queue_fills_while_a_batch_runs_and_respects_max_batch() -> None:
         first = asyncio.ensure_future(batcher.submit(engine, [item(0)]))
         await wait_entered(engine)  # the first batch is running; the rest must queue
         rest = [asyncio.ensure_future(batcher.submit(engine, [item(v)])) for v in range(1, 11)]
-        await asyncio.sleep(0)
+        await wait_queued(batcher, 11)
         assert batcher.depth == 11
         engine.gate.set()
         await asyncio.gather(first, *rest)
@@ -152,7 +108,7 @@ def test_free_instances_share_the_ready_images() -> None:
         batches: list[int] = []
         batcher = Batcher(max_batch_size=8, max_wait_ms=0, instances=2, on_batch=batches.append)
         batcher.start()
-        await asyncio.sleep(0)  # both workers are waiting for images, as in a running server
+        await wait_until(lambda: batcher._collecting == 2)  # both workers wait for images, as in a server
         results = await batcher.submit(engine, [item(v) for v in range(8)])
         assert batches == [4, 4]  # not 8 on one instance while the other idles
         assert [r.logits[0] for r in results] == list(range(8))
@@ -192,10 +148,9 @@ def test_a_lone_request_does_not_wait_but_announced_ones_are_awaited() -> None:
 
         with batcher.incoming(1):  # a second image is being decoded: the batch waits for it
             first = asyncio.ensure_future(batcher.submit(engine, [item(2)]))
-            for _ in range(5):
-                await asyncio.sleep(0)  # the batcher takes image 2 and waits for the announced one
+            await wait_taken(batcher, 1)  # the batcher takes image 2 and waits for the announced one
             second = asyncio.ensure_future(batcher.submit(engine, [item(3)]))
-            await asyncio.sleep(0)  # image 3 is queued before the announcement ends
+            await wait_queued(batcher, 2)  # image 3 is queued before the announcement ends
         await asyncio.gather(first, second)
         assert batches == [1, 2]
         await asyncio.gather(*(announced(v) for v in (4, 5, 6)))
@@ -268,7 +223,7 @@ def test_cancelled_requests_are_skipped() -> None:
         await wait_entered(engine)
         gone = asyncio.ensure_future(batcher.submit(engine, [item(99)]))
         kept = asyncio.ensure_future(batcher.submit(engine, [item(5)]))
-        await asyncio.sleep(0)
+        await wait_queued(batcher, 3)
         gone.cancel()
         engine.gate.set()
         await asyncio.gather(first, kept)
@@ -289,7 +244,7 @@ def test_batches_never_mix_engines() -> None:
         queued = [
             asyncio.ensure_future(batcher.submit(e, [item(v)])) for v, e in enumerate([old, new, old], 1)
         ]
-        await asyncio.sleep(0)
+        await wait_queued(batcher, 4)
         old.gate.set()
         results = await asyncio.gather(first, *queued)
         assert [r[0].engine for r in results] == [old, old, new, old]
@@ -308,6 +263,11 @@ def test_attention_rows_follow_their_images() -> None:
             batcher.submit(engine, [item(3)], with_attention=True), batcher.submit(engine, [item(7)])
         )
         assert a[0].attention.tolist() == [[3.0, 3.0]]
+        assert b[0].logits.tolist() == [7.0, -7.0]
+        if engine.calls == [[3.0, 7.0]]:  # one batch: its attention rows were split by image too
+            assert b[0].attention.tolist() == [[7.0, 7.0]]
+        else:
+            assert b[0].attention is None
         await batcher.stop()
 
     run(main())
@@ -321,8 +281,8 @@ def test_stop_drains_queued_work() -> None:
         batcher.start()
         pending = [asyncio.ensure_future(batcher.submit(engine, [item(v)])) for v in range(5)]
         await wait_entered(engine)
+        await wait_queued(batcher, 5)
         stopping = asyncio.ensure_future(batcher.stop(timeout=10))
-        await asyncio.sleep(0)
         engine.gate.set()
         await stopping
         assert all(task.done() and not task.exception() for task in pending)
@@ -388,7 +348,7 @@ def test_requests_arriving_during_alone_are_queued_and_answered() -> None:
         await wait_entered(engine)
         assert not batcher.idle() and batcher.depth == 1
         queued = asyncio.ensure_future(batcher.submit(engine, [item(2.0), item(4.0)]))
-        await asyncio.sleep(0)
+        await wait_queued(batcher, 3)
         engine.gate.set()
         (_, first), second = await lone, await queued
         assert first.attention.tolist() == [[1.0, 1.0]]
@@ -412,7 +372,7 @@ def test_a_worker_keeps_its_batch_open_while_alone_runs() -> None:
         early = asyncio.ensure_future(batcher.submit(engine, [item(2.0)]))
         await wait_taken(batcher, depth=2)  # the lone call and the image the worker took
         late = [asyncio.ensure_future(batcher.submit(engine, [item(v)])) for v in (3.0, 4.0)]
-        await asyncio.sleep(0)
+        await wait_queued(batcher, 4)
         engine.gate.set()
         await lone
         answers = [await early, *[await task for task in late]]

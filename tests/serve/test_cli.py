@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -40,7 +39,7 @@ def test_flags_beat_environment_beat_defaults() -> None:
 
 def test_every_setting_has_a_flag_and_an_env_var() -> None:
     text = build_parser().format_help()
-    for name in Settings.__dataclass_fields__:
+    for name in Settings.model_fields:
         assert f"VIT_SERVE_{name.upper()}" in text
         if name != "model":
             assert "--" + name.replace("_", "-") in text
@@ -161,4 +160,4 @@ def test_every_setting_is_in_the_documented_table() -> None:
     serving = (Path(__file__).parents[2] / "docs" / "SERVING.md").read_text()
     rows = [line for line in serving.splitlines() if line.startswith("| ") and "`VIT_SERVE_" in line]
     documented = {line.split("`VIT_SERVE_")[1].split("`")[0] for line in rows}
-    assert documented == {f.name.upper() for f in dataclasses.fields(Settings)}
+    assert documented == {name.upper() for name in Settings.model_fields}

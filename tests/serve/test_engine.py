@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from serve.engine import Engine, EngineError, choose_providers, softmax, top_k
+from serve.instances import choose_batch, warm_up
 from serve.preprocess import decode_image
 from tests.serve.conftest import GRID, LABELS, SIZE, build_model, image_bytes
 
@@ -41,7 +42,7 @@ def test_session_options_spin_only_when_asked_and_threads(tiny_model: Path) -> N
     assert not spins(engine.session)
     assert engine.session.get_session_options().intra_op_num_threads == 1
     spinning = Engine(tiny_model, device="cpu", threads=2, spinning=True)
-    spinning.warmup(max_batch_size=2, run_batch_size=1, instances=2)
+    warm_up(spinning, max_batch_size=2, run_batch_size=1, instances=2)
     assert spins(spinning.session)  # the all-threads session only
     assert not any(spins(session) for session in spinning.instance_sessions)
 
@@ -50,7 +51,7 @@ def test_warmup_opens_one_session_per_instance_with_a_share_of_the_threads(tiny_
     engine = Engine(tiny_model, device="cpu", threads=4)
     batch = preprocessed(engine, "cat", "dog")
     single = engine.infer(batch).logits
-    engine.warmup(max_batch_size=4, run_batch_size=2, instances=2)
+    warm_up(engine, max_batch_size=4, run_batch_size=2, instances=2)
     assert len(engine.instance_sessions) == 2 and engine.instance_threads == 2
     for session in engine.instance_sessions:
         assert session is not engine.session
@@ -58,10 +59,10 @@ def test_warmup_opens_one_session_per_instance_with_a_share_of_the_threads(tiny_
     for instance in (0, 1, 5):  # any worker index maps onto a session
         np.testing.assert_allclose(engine.infer(batch, instance=instance).logits, single, rtol=1e-6)
     alone = Engine(tiny_model, device="cpu", threads=4)
-    alone.warmup(max_batch_size=4, run_batch_size=2, instances=1)
+    warm_up(alone, max_batch_size=4, run_batch_size=2, instances=1)
     assert alone.instance_sessions == [] and alone.instance_threads == 4
     shared = Engine(tiny_model, device="cpu", threads=2)  # one thread each: one session for both
-    shared.warmup(max_batch_size=4, run_batch_size=2, instances=2)
+    warm_up(shared, max_batch_size=4, run_batch_size=2, instances=2)
     assert len(shared.instance_sessions) == 1 and shared.instance_threads == 1
     assert shared.instance_sessions[0] is not shared.session
 
@@ -89,17 +90,26 @@ def test_static_batch_is_padded_and_trimmed(model_dir: Path) -> None:
     engine = Engine(build_model(model_dir / "static.onnx", static_batch=4), device="cpu", threads=1)
     assert engine.run_batch_size == 4
     assert engine.infer(preprocessed(engine, "bird", "cat")).logits.argmax(axis=1).tolist() == [2, 0]
-    engine.warmup(32)  # must not ask for a batch larger than the file allows
+    warm_up(engine, 32)  # must not ask for a batch larger than the file allows
     assert engine.run_batch_size == 4
 
 
-def test_run_batch_size_is_measured_or_given(tiny_model: Path) -> None:
+def test_run_batch_size_is_measured_or_given(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = Engine(tiny_model, device="cpu", threads=1)
-    engine.warmup(8)
-    assert engine.run_batch_size in (1, 2, 4, 8)
-    engine.warmup(8, run_batch_size=3)
+    measured: list[dict[int, float]] = []
+
+    def recording(per_image: dict[int, float]) -> int:
+        measured.append(per_image)
+        return choose_batch(per_image)
+
+    monkeypatch.setattr("serve.instances.choose_batch", recording)
+    warm_up(engine, 8)
+    (timings,) = measured
+    assert sorted(timings) == [1, 2, 4, 8] and all(0 < t < float("inf") for t in timings.values())
+    assert engine.run_batch_size == choose_batch(timings)
+    warm_up(engine, 8, run_batch_size=3)
     assert engine.run_batch_size == 3
-    engine.warmup(2, run_batch_size=16)
+    warm_up(engine, 2, run_batch_size=16)
     assert engine.run_batch_size == 2  # never more than the batcher's largest batch
 
 
@@ -116,7 +126,7 @@ def test_warmup_probes_with_concurrent_calls_and_ends_by_shrinking_the_arena(
         return session_run(session, outputs, feed, options)
 
     monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
-    engine.warmup(4, instances=2)
+    warm_up(engine, 4, instances=2)
     probes = [(thread, session) for thread, session, _, _ in calls if thread.startswith("vit-probe")]
     assert len({thread for thread, _ in probes}) == 2  # the batch sizes were timed with two calls at once
     assert {session for _, session in probes} == {id(s) for s in engine.instance_sessions}
@@ -127,6 +137,12 @@ def test_warmup_probes_with_concurrent_calls_and_ends_by_shrinking_the_arena(
         (session, 1, "cpu:0") for session in sessions
     ]
     assert not any(shrink for _, _, _, shrink in calls[:-2])
+
+
+def test_the_chosen_batch_is_the_smallest_within_five_percent_of_the_fastest() -> None:
+    assert choose_batch({1: 1.0, 2: 0.6, 4: 0.5, 8: 0.52}) == 4
+    assert choose_batch({1: 1.0, 2: 0.52, 4: 0.5}) == 2
+    assert choose_batch({1: 0.3, 2: 0.5}) == 1
 
 
 def test_top_k_sorted_clamped_and_stable() -> None:
