@@ -126,6 +126,11 @@ class Batcher:
         """Images waiting for or inside inference."""
         return self._pending
 
+    def _admit(self, count: int) -> None:
+        """The one queue limit: refuse ``count`` more images when they would overfill the queue."""
+        if self._pending + count > self.max_queue:
+            raise OverloadedError(f"{self._pending + count} images would be queued, limit {self.max_queue}")
+
     def _require_started(self) -> None:
         if not self._tasks:
             raise RuntimeError("Batcher.start() was not called")
@@ -167,8 +172,7 @@ class Batcher:
         Also the admission check: a request that would overfill the queue is refused
         (:class:`OverloadedError`) before any of its images is decoded.
         """
-        if self._pending + self._incoming + count > self.max_queue:
-            raise OverloadedError(f"{self._pending + self._incoming} images queued, limit {self.max_queue}")
+        self._admit(count + self._incoming)
         self._incoming += count
         try:
             yield
@@ -187,8 +191,7 @@ class Batcher:
     ) -> list[ItemResult]:
         """Queue all images of one request (or none, raising :class:`OverloadedError`)."""
         self._require_started()
-        if self._pending + len(arrays) > self.max_queue:
-            raise OverloadedError(f"{self._pending} images queued, limit {self.max_queue}")
+        self._admit(len(arrays))
         loop = asyncio.get_running_loop()
         items = [_Item(a, engine, with_attention, loop.create_future(), loop.time()) for a in arrays]
         for item in items:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from serve.deps import Keyed, StateDep
 from serve.engine import Engine
 from serve.errors import ApiError
-from serve.inputs import Upload
+from serve.inputs import Upload, check_count
 from serve.oip_wire import (
     BYTES_INPUT,
     OutputSpec,
@@ -39,7 +39,7 @@ from serve.schemas import errors
 from serve.state import ServerState
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-OIP_ERRORS = errors(400, 401, 404, 413, 415, 499, 503, 504, oip=True)
+OIP_ERRORS = errors(400, 401, 404, 413, 415, 422, 499, 503, 504, oip=True)
 
 
 class TensorSpec(BaseModel):
@@ -108,10 +108,14 @@ class InferResponse(BaseModel):
     outputs: list[InferOutputTensor]
 
 
-def _engine_for(state: ServerState, name: str) -> Engine:
-    """The engine behind ``/v2/models/{name}``: the one name this server serves, else 404."""
+def _known(state: ServerState, name: str) -> None:
+    """``/v2/models/{name}`` exists only for the one name this server serves: else 404."""
     if name != state.name:
         raise ApiError(404, "not_found", f"unknown model {name!r}; this server serves {state.name!r}")
+
+
+def _engine_for(state: ServerState, name: str) -> Engine:
+    _known(state, name)
     return state.current()
 
 
@@ -159,16 +163,18 @@ async def model_metadata(name: str, state: StateDep, version: str | None = None)
     }
 
 
-@router.get("/models/{name}/ready", dependencies=Keyed, response_model=ModelReady, responses=OIP_ERRORS)
+READY_ANSWERS = {**errors(400, 401, 404, 422, oip=True), 503: {"model": ModelReady}}
+
+
+@router.get("/models/{name}/ready", dependencies=Keyed, response_model=ModelReady, responses=READY_ANSWERS)
 @router.get(
     "/models/{name}/versions/{version}/ready",
     dependencies=Keyed,
     response_model=ModelReady,
-    responses=OIP_ERRORS,
+    responses=READY_ANSWERS,
 )
 async def model_ready(name: str, state: StateDep, version: str | None = None) -> JSONResponse:
-    if name != state.name:
-        raise ApiError(404, "not_found", f"unknown model {name!r}; this server serves {state.name!r}")
+    _known(state, name)
     return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
 
@@ -210,8 +216,9 @@ async def infer(name: str, request: Request, state: StateDep, version: str | Non
     payload, binary = await loop.run_in_executor(state.pool, parse, body, header_length)
     tensor, raw = _input(payload, binary, engine)
     specs = output_specs(payload, _available(engine), state.settings.max_outputs)
+    limit = state.settings.max_images
     if tensor.get("name") == BYTES_INPUT:
-        blobs = image_blobs(tensor, raw, state.settings.max_images)
+        blobs = image_blobs(tensor, raw, limit)
         items: list[Any] = [Upload(f"{BYTES_INPUT}[{i}]", blob) for i, blob in enumerate(blobs)]
     else:
         if tensor.get("name") != engine.input_name:
@@ -219,13 +226,8 @@ async def infer(name: str, request: Request, state: StateDep, version: str | Non
                 f"unknown input {str(tensor.get('name'))[:80]!r}; inputs are {engine.input_name!r} (FP32) "
                 f"and {BYTES_INPUT!r} (BYTES)"
             )
-        count = tensor.get("shape")[0] if isinstance(tensor.get("shape"), list) and tensor.get("shape") else 0
-        if isinstance(count, int) and count > state.settings.max_images:
-            raise ApiError(
-                413,
-                "too_many_images",
-                f"{count} images in one request; the limit is {state.settings.max_images}",
-            )
+        shape = tensor.get("shape")
+        check_count(shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else 0, limit)
         items = list(await loop.run_in_executor(state.pool, image_tensor, tensor, raw, engine.input_shape))
     attention = any(spec.name == engine.attention_name for spec in specs)
     top_k = max([spec.classes for spec in specs] + [1])

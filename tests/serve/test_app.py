@@ -152,11 +152,22 @@ def sixteen_bit_png() -> bytes:
         ("animated-first-frame", animated_gif, "cat"),
     ],
 )
-def test_image_kinds(client: TestClient, name: str, make: Callable[[], bytes], label: str | None) -> None:
-    response = client.post("/v1/classify", content=make(), headers={"content-type": "image/x-any"})
+def test_image_kinds(
+    client: TestClient, tiny_model: Path, name: str, make: Callable[[], bytes], label: str | None
+) -> None:
+    data = make()
+    response = client.post("/v1/classify", content=data, headers={"content-type": "image/x-any"})
     assert response.status_code == 200, (name, response.text)
+    predictions = response.json()["predictions"]
     if label:
-        assert response.json()["predictions"][0]["label"] == label
+        assert predictions[0]["label"] == label
+    # Served exactly as the one preprocessing definition feeds the model directly.
+    engine = Engine(tiny_model, device="cpu", threads=1)
+    image = decode_image(data, preprocessing=engine.metadata.preprocessing)
+    logits = engine.infer(engine.metadata.preprocessing(image)[None]).logits[0]
+    expected = top_k(logits, engine.labels, 5)
+    assert [p["label"] for p in predictions] == [p.label for p in expected]
+    assert [p["score"] for p in predictions] == pytest.approx([p.score for p in expected], abs=1e-6)
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -412,7 +423,6 @@ def test_explain_crop_box_follows_exif_orientation(attention_client: TestClient)
 
 
 def test_explain_png(attention_client: TestClient) -> None:
-    pytest.importorskip("serve.render", reason="serve/render.py (overlay_heatmap) is not there yet")
     response = attention_client.post(
         "/v1/explain", content=spot_image(), headers={**PNG, "Accept": "image/png"}
     )
