@@ -19,6 +19,7 @@ vit.exported_at        ISO-8601 UTC timestamp
 vit.weights_sha256     SHA-256 of the exported weights (hex), the model's version
 vit.outputs            JSON object ``{"logits": name, "attention": name or null}``
 vit.precision          ``fp32`` | ``fp16`` | ``int8``
+vit.optimizations      JSON list of the graph optimisations applied at export (optional)
 =====================  ==========================================================
 """
 
@@ -52,6 +53,7 @@ class ModelMetadata:
     exported_at: str = ""
     outputs: dict[str, str | None] = field(default_factory=lambda: {"logits": "logits", "attention": None})
     precision: str = "fp32"
+    optimizations: list[str] = field(default_factory=list)  # e.g. "ort-transformer-fusion"
 
     @property
     def has_attention(self) -> bool:
@@ -69,6 +71,7 @@ class ModelMetadata:
             "weights_sha256": self.weights_sha256,
             "outputs": json.dumps(self.outputs),
             "precision": self.precision,
+            "optimizations": json.dumps(list(self.optimizations)),
         }
         return {PREFIX + key: value for key, value in values.items()}
 
@@ -119,4 +122,5 @@ class ModelMetadata:
             exported_at=values.get("exported_at", ""),
             outputs=parse("outputs", {"logits": "logits", "attention": None}),
             precision=values.get("precision", "fp32"),
+            optimizations=list(parse("optimizations", [])),
         )
