@@ -74,11 +74,16 @@ function colour(v) {
   return INFERNO[i].map((c, j) => Math.round(c + t * (INFERNO[i + 1][j] - c)));
 }
 
+// The map is blended at about 40% opacity so the picture under it stays readable, and the
+// plain image is shown beside it (docs/ATTENTION.md).
+const OVERLAY_ALPHA = 100;
+
 function drawHeatmap() {
   const canvas = $("heatmap");
   const explained = state.lastExplain;
   const show = Boolean(explained) && $("overlay").checked;
-  canvas.hidden = !show;
+  $("overlay-view").hidden = !show;
+  $("figure").classList.toggle("single", !show);
   if (!show) return;
   const img = $("preview");
   canvas.width = img.naturalWidth;
@@ -94,7 +99,7 @@ function drawHeatmap() {
   const span = Math.max(...flat) - low || 1;  // min to 0, max to 1, as serve/render.py does
   flat.forEach((value, i) => {
     const [r, g, b] = colour((value - low) / span);
-    pixels.data.set([r, g, b, 128], 4 * i);
+    pixels.data.set([r, g, b, OVERLAY_ALPHA], 4 * i);
   });
   cellCtx.putImageData(pixels, 0, 0);
   const ctx = canvas.getContext("2d");
@@ -105,13 +110,25 @@ function drawHeatmap() {
     (right - left) * canvas.width, (bottom - top) * canvas.height);
 }
 
+function showUnknown(result) {
+  const note = $("unknown");
+  note.hidden = !result.unknown;
+  if (result.unknown) {
+    const score = result.ood_score == null ? "" : ` (out-of-distribution score ${result.ood_score.toFixed(3)})`;
+    note.textContent = "Not one of the known classes" + score;
+  }
+}
+
 async function classify(file) {
   if (!file) return;
   const preview = $("preview");
   URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
+  $("overlay-base").src = preview.src;
   state.lastExplain = null;
-  $("heatmap").hidden = true;
+  $("overlay-view").hidden = true;
+  $("figure").classList.add("single");
+  $("unknown").hidden = true;
   $("result").hidden = false;
   setStatus("classifying " + file.name + "…");
   const route = state.hasAttention ? "/v1/explain" : "/v1/classify";
@@ -125,6 +142,7 @@ async function classify(file) {
     if (!response.ok) throw new Error(await errorText(response));
     const result = await response.json();
     drawPredictions(result.predictions);
+    showUnknown(result);
     if (result.grid) {
       state.lastExplain = result;
       if (preview.complete) drawHeatmap(); else preview.onload = drawHeatmap;

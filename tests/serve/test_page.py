@@ -84,13 +84,22 @@ def test_page_classifies_and_overlays_attention(
     browser.get(base + "/")
     wait(browser, lambda d: "tiny_test" in d.find_element(By.ID, "model-info").text)
     assert browser.find_element(By.ID, "overlay-label").is_displayed()
+    # Nothing of the result (no broken-image placeholder) shows before an upload.
+    display = "return getComputedStyle(document.getElementById(arguments[0])).display"
+    assert browser.execute_script(display, "result") == "none"
+    assert not browser.find_element(By.ID, "preview").is_displayed()
     upload(browser, picture)
+    assert browser.execute_script(display, "result") != "none"
+    assert not browser.find_element(By.ID, "unknown").is_displayed()
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
     assert labels(browser)[0] == "cat" and len(labels(browser)) == 3
     bar = browser.find_element(By.CSS_SELECTOR, "#predictions .bar")
     assert float(bar.value_of_css_property("width").removesuffix("px")) > 0
     wait(browser, lambda d: d.find_element(By.ID, "heatmap").is_displayed())
     assert painted_pixels(browser) > 0
+    # The original is shown beside the blended overlay, both visible.
+    assert browser.find_element(By.ID, "preview").is_displayed()
+    assert browser.find_element(By.ID, "overlay-base").is_displayed()
     browser.find_element(By.ID, "overlay").click()  # the toggle hides the overlay
     assert not browser.find_element(By.ID, "heatmap").is_displayed()
     browser.find_element(By.ID, "overlay").click()
