@@ -234,8 +234,8 @@ class Batcher:
         limit = min(first.engine.run_batch_size or self.max_batch_size, self.max_batch_size)
         if self.instances > 1:
             # Share what is ready or on its way with the other free workers: a burst of 8 runs
-            # as 4 + 4 on two instances, not 8 on one while the other idles (measured with
-            # run_batch_size 8 at c=8: p99 332-370 ms against 366-427 ms without sharing).
+            # as 4 + 4 on two instances, not 8 on one while the other idles (a lower p99:
+            # docs/BENCHMARKS.md, serving).
             ready = 1 + len(self._held) + self._queue.qsize() + self._incoming
             limit = min(limit, -(-ready // self._collecting))
         while len(items) < limit:

@@ -77,8 +77,8 @@ def choose_providers(device: str) -> list[Any]:
 
 def default_instances(device: str) -> int:
     """Concurrent inference calls when not configured: 1 on CUDA (one large batch keeps the GPU
-    busy), 2 on CPUs: measured on 2 cores, two single-threaded calls at once (one session per
-    instance) gave about 1.1x the images per second of the best two-threaded call at any batch
+    busy), 2 on CPUs: on 2 cores, two single-threaded calls at once (one session per
+    instance) give more images per second than the best two-threaded call at any batch
     size (docs/BENCHMARKS.md)."""
     cuda = device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
     return 1 if cuda else 2
@@ -92,8 +92,8 @@ def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning workers burn the cores that decoding needs: with decoding alongside, measured
-    # batch-1 latency 23 -> 19 ms without it. Alone on the cores, spinning is ~7% faster.
+    # Spinning workers burn the cores that decoding needs: with decoding alongside, batch-1
+    # latency is lower without it; alone on the cores, spinning is faster (docs/BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # Batch sizes vary from call to call: per-shape memory patterns would only pile up.
     options.enable_mem_pattern = False

@@ -185,8 +185,8 @@ def normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[list[flo
 
     The one normalisation arithmetic (this module and :func:`vit.augment.normalize` use it, so
     cached training batches equal served inputs bit for bit): two float32 operations per value
-    instead of four, 14x faster than the textbook expression on a 224 px image (1.6 -> 0.11 ms,
-    measured on the development machine); the results differ from it by float32 rounding only.
+    instead of four, an order of magnitude faster than the textbook expression on a 224 px image
+    (docs/BENCHMARKS.md); the results differ from it by float32 rounding only.
     """
     return [1.0 / (255.0 * s) for s in std], [m / s for m, s in zip(mean, std, strict=True)]
 
@@ -262,12 +262,16 @@ def decode_image(
         raise ImageError(f"{name}: cannot decode image ({exc})") from exc
 
 
-def _other_format(stream: BinaryIO, formats: Sequence[str]) -> str | None:
+def _other_format(stream: str | Path | BinaryIO, formats: Sequence[str]) -> str | None:
     """The format another Pillow plugin would claim these bytes for, by its prefix check only
     (``_accept`` reads the first bytes; no decoder runs)."""
     try:
-        stream.seek(0)
-        prefix = stream.read(16)
+        if isinstance(stream, (str, Path)):  # decode_image was given a path
+            with open(stream, "rb") as handle:
+                prefix = handle.read(16)
+        else:
+            stream.seek(0)
+            prefix = stream.read(16)
     except (OSError, ValueError):
         return None
     Image.init()

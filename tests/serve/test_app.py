@@ -495,3 +495,46 @@ def test_reload_under_load_loses_no_request(
     metrics = client.get("/metrics").text
     assert 'vit_model_reloads_total{result="ok"} 2.0' in metrics
     assert 'vit_model_reloads_total{result="error"} 1.0' in metrics
+
+
+def test_admin_key_is_checked_before_the_body_is_read(make_client: MakeClient, tiny_model: Path) -> None:
+    client = make_client(tiny_model, api_key="k", admin_key="admin")
+    huge = b"{" * (20 * 1024 * 1024)  # over the body limit: read first, it would be 413
+    refused = client.post("/v1/admin/reload", content=huge, headers={"content-type": "application/json"})
+    assert refused.status_code == 401
+    user_key = client.post("/v1/admin/reload", headers={"X-API-Key": "k"})
+    assert user_key.status_code == 401  # the API key is not the admin key
+    admin = {"Authorization": "Bearer admin"}
+    assert client.post("/v1/admin/reload", headers=admin).status_code == 200
+    bad = client.post(
+        "/v1/admin/reload", content=b"[[[", headers={**admin, "content-type": "application/json"}
+    )
+    assert bad.status_code == 400 and error_of(bad)["code"] == "bad_request"
+
+
+def test_reload_refuses_paths_outside_the_model_directory_with_one_message(
+    make_client: MakeClient, tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(tiny_model, api_key="k", model_dir=tmp_path)
+    key = {"X-API-Key": "k"}
+    (tmp_path / "corrupt.onnx").write_bytes(b"not onnx")
+    messages = set()
+    with caplog.at_level(logging.INFO, logger="serve"):
+        for path in ("/etc/passwd", "/nonexistent/x.onnx", "corrupt.onnx", "missing.onnx"):
+            answer = client.post("/v1/admin/reload", json={"path": path}, headers=key)
+            assert answer.status_code == 422, path
+            messages.add(error_of(answer)["message"].replace(path, "PATH"))
+    assert len(messages) == 1  # a caller cannot tell "missing" from "outside" or "not loadable"
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "/etc/passwd" in logged and "outside the model directory" in logged and "no such file" in logged
+    assert "cannot load" in logged  # the corrupt file inside the directory
+    answer = client.post("/v1/classify", content=image_bytes("dog"), headers={**PNG, **key})
+    assert answer.status_code == 200  # still serving the starting model
+
+
+def test_api_key_file(make_client: MakeClient, tiny_model: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("from-file\n")
+    client = make_client(tiny_model, api_key_file=secret)
+    assert client.get("/v1/model").status_code == 401
+    assert client.get("/v1/model", headers={"Authorization": "Bearer from-file"}).status_code == 200

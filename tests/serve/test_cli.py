@@ -161,3 +161,16 @@ def test_every_setting_is_in_the_documented_table() -> None:
     rows = [line for line in serving.splitlines() if line.startswith("| ") and "`VIT_SERVE_" in line]
     documented = {line.split("`VIT_SERVE_")[1].split("`")[0] for line in rows}
     assert documented == {name.upper() for name in Settings.model_fields}
+
+
+def test_api_key_flag_warns_and_key_file_is_read_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="serve"):
+        load_settings(["m.onnx", "--api-key", "k"], {})
+    assert "process list" in caplog.text
+    with pytest.raises(ValueError, match="api_key_file"):
+        load_settings(["m.onnx", "--api-key-file", str(tmp_path / "none")], {})
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_settings(["m.onnx"], {"VIT_SERVE_API_KEY_FILE": str(tmp_path / "empty")})

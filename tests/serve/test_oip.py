@@ -224,3 +224,41 @@ def test_malformed_structures_never_500(client: TestClient) -> None:
         ):
             response = client.post("/v2/models/tiny/infer", json=body)
             assert 400 <= response.status_code < 500, (body, response.text)
+
+
+def test_outputs_are_bounded_and_named_once(client: TestClient, tiny_model: Path) -> None:
+    batch, _ = tensor(tiny_model, "cat")
+    image = {"name": "images", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
+    twice = client.post(
+        "/v2/models/tiny/infer", json={"inputs": [image], "outputs": [{"name": "logits"}, {"name": "logits"}]}
+    )
+    assert twice.status_code == 400 and "twice" in twice.json()["error"]
+    many = client.post(
+        "/v2/models/tiny/infer", json={"inputs": [image], "outputs": [{"name": "logits"}] * 100_000}
+    )
+    assert many.status_code == 400 and "limit" in many.json()["error"]
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = client.post(
+        "/v2/models/tiny/infer", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback logged
+
+
+def test_image_count_limit_applies_to_tensors_and_bytes(
+    make_client: Callable[..., TestClient], tiny_model: Path
+) -> None:
+    client = make_client(tiny_model, max_images=2)
+    blob = base64.b64encode(image_bytes("dog")).decode()
+    bytes_body = {"inputs": [{"name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": [blob] * 3}]}
+    assert client.post("/v2/models/tiny/infer", json=bytes_body).status_code == 413
+    shape = [3, 3, SIZE, SIZE]
+    tensor_body = {
+        "inputs": [
+            {"name": "images", "shape": shape, "datatype": "FP32", "data": [0.0] * (3 * 3 * SIZE * SIZE)}
+        ]
+    }
+    assert client.post("/v2/models/tiny/infer", json=tensor_body).status_code == 413
