@@ -4,22 +4,34 @@ Used with the decoded cache (:mod:`vit.cache`): the loader hands over uint8 ``N 
 batches and this turns them into normalised model input. Random-resized crop and flip follow
 torchvision's ``RandomResizedCrop`` parameters but run as one ``torchvision.ops.roi_align``
 call for the whole batch (bilinear, with area averaging when a crop is shrunk), so the crop
-costs a few milliseconds instead of a per-image PIL resize. Optional policies (RandAugment,
-TrivialAugment, AugMix, AutoAugment), colour jitter and random erasing are torchvision v2
-transforms applied per image, since their random choice must differ between images.
+costs a few milliseconds instead of a per-image PIL resize. Optional policies (timm's
+RandAugment, AugMix, AutoAugment on PIL images), colour jitter and random erasing (torchvision
+v2 transforms) are applied per image, since their random choice must differ between images; the
+policy is timm's own (:func:`timm_policy`), the same one the uncached path builds.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
+from timm.data.auto_augment import (
+    AugmentOp,
+    augment_and_mix_transform,
+    auto_augment_transform,
+    rand_augment_transform,
+)
+from timm.data.transforms import str_to_pil_interp
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from serve.preprocess import normalization
+
+T = TypeVar("T")
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -31,28 +43,75 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return x * scale_t - offset_t
 
 
-def parse_policy(auto_augment: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``rand-m9-n2…`` (timm-style), ``trivial``, ``augmix`` or ``autoaug`` -> a v2 transform."""
+def posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize with the bit count clamped to 1..8.
+
+    timm's RandAugment (``inc1`` at the top magnitude, or the plain op at magnitude 0) and its
+    AutoAugment policies ask for 0 bits; Pillow 13 refuses that (``bits must be between or
+    equal to 1 and 8``), older Pillow returned a black image. One bit is the strongest
+    posterize Pillow allows, and a black image carries no trace of its label anyway.
+    """
+    if bits_to_keep >= 8:
+        return img
+    return ImageOps.posterize(img, max(1, int(bits_to_keep)))
+
+
+def augment_ops(transform: Any) -> list[AugmentOp]:
+    """Every timm ``AugmentOp`` inside ``transform`` (a Compose, RandAugment, AutoAugment, AugMix)."""
+    if isinstance(transform, AugmentOp):
+        return [transform]
+    if isinstance(transform, (list, tuple)):
+        return [op for item in transform for op in augment_ops(item)]
+    found: list[AugmentOp] = []
+    for attribute in ("transforms", "ops", "policy"):
+        found += augment_ops(getattr(transform, attribute, []))
+    return found
+
+
+def guard_posterize(transform: T) -> T:
+    """``transform`` with every posterize op of its timm policy made safe (in place); returns it."""
+    for op in augment_ops(transform):
+        if op.name.startswith("Posterize"):
+            op.aug_fn = posterize_at_least_one_bit
+    return transform
+
+
+def timm_policy(
+    auto_augment: str | None,
+    img_size: int,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    interpolation: str = "bicubic",
+) -> Callable[[Image.Image], Image.Image] | None:
+    """The PIL policy timm's ``create_transform`` builds for ``auto_augment`` (rand-…, augmix-…,
+    v0/original…), posterize guarded; None for no policy.
+
+    The decoded-cache path applies it per image, so both paths read the same policy strings
+    with the same meaning. The parameters are timm's (``transforms_imagenet_train`` builds them
+    inline, so they are repeated here); unknown strings are refused with a clear error.
+    """
     if not auto_augment:
         return None
-    name = auto_augment.lower()
-    if name.startswith("rand"):
-        magnitude = re.search(r"-m(\d+)", name)
-        num_ops = re.search(r"-n(\d+)", name)
-        return v2.RandAugment(
-            num_ops=int(num_ops.group(1)) if num_ops else 2,
-            magnitude=int(magnitude.group(1)) if magnitude else 9,
-        )
-    if name.startswith(("trivial", "ta_wide")):
-        return v2.TrivialAugmentWide()
-    if name.startswith("augmix"):
-        return v2.AugMix()
-    if name.startswith(("autoaug", "original", "v0")):
-        return v2.AutoAugment()
-    raise ValueError(
-        f"data.auto_augment: unknown policy {auto_augment!r} for the decoded cache; "
-        "use rand-m<M>-n<N>, trivial, augmix or autoaug"
-    )
+    params: dict[str, Any] = {
+        "translate_const": int(img_size * 0.45),
+        "img_mean": tuple(min(255, round(255 * x)) for x in mean),
+    }
+    if interpolation and interpolation != "random":
+        params["interpolation"] = str_to_pil_interp(interpolation)
+    try:
+        if auto_augment.startswith("rand"):
+            policy = rand_augment_transform(auto_augment, params)
+        elif auto_augment.startswith("augmix"):
+            policy = augment_and_mix_transform(auto_augment, {**params, "translate_pct": 0.3})
+        else:
+            policy = auto_augment_transform(auto_augment, params)
+    except (AssertionError, KeyError, ValueError) as exc:
+        raise ValueError(f"data.auto_augment: {auto_augment!r} is not a timm policy string ({exc})") from exc
+    return guard_posterize(policy)
+
+
+def check_policy(auto_augment: str | None) -> None:
+    """Raise a ValueError naming ``data.auto_augment`` when timm cannot read the policy string."""
+    timm_policy(auto_augment, 32)
 
 
 class BatchAugment:
@@ -63,7 +122,8 @@ class BatchAugment:
         scale, ratio: crop area fraction and aspect range, as in ``RandomResizedCrop``.
         hflip: horizontal-flip probability.
         mean, std: normalisation.
-        auto_augment: policy name (see :func:`parse_policy`) or None.
+        auto_augment: timm policy string (see :func:`timm_policy`) or None.
+        interpolation: resampling filter of the policy's geometric ops.
         color_jitter: brightness/contrast/saturation strength or None.
         re_prob: random-erasing probability (erased area set to 0 after normalisation).
     """
@@ -79,13 +139,14 @@ class BatchAugment:
         auto_augment: str | None = None,
         color_jitter: float | None = None,
         re_prob: float = 0.0,
+        interpolation: str = "bicubic",
     ) -> None:
         self.size = int(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.hflip = float(hflip)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.policy = parse_policy(auto_augment)
+        self.policy = timm_policy(auto_augment, self.size, self.mean, interpolation)
         self.jitter = v2.ColorJitter(color_jitter, color_jitter, color_jitter) if color_jitter else None
         self.erase = v2.RandomErasing(p=re_prob, value=0.0) if re_prob > 0 else None
 
@@ -144,8 +205,10 @@ class BatchAugment:
         images = pixels.round_().clamp_(0, 255).to(torch.uint8)
         out = []
         for image in images:
-            if self.policy is not None:
-                image = self.policy(image)
+            if self.policy is not None:  # timm's policies are PIL ops: on the CPU, image by image
+                picture = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+                pixels_hwc = np.asarray(self.policy(picture).convert("RGB"))
+                image = torch.from_numpy(pixels_hwc.copy()).permute(2, 0, 1).to(images.device)
             if self.jitter is not None:
                 image = self.jitter(image)
             out.append(image)

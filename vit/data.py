@@ -21,7 +21,7 @@ from torch.utils.data import (
 )
 
 from serve.preprocess import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_image
-from vit.augment import BatchAugment, normalize
+from vit.augment import BatchAugment, check_policy, guard_posterize, normalize
 from vit.cache import CACHE_MODES, CachedImageDataset, CachedSplits, open_cache
 from vit.folder import Sample, Splits, discover, drop_bad_images, format_skip_report
 
@@ -130,6 +130,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         )
         if cache not in CACHE_MODES:
             raise ValueError(f"data.cache must be true, false or 'auto', got {cache!r}")
+        check_policy(auto_augment)  # before any decoding: both loader paths read timm's grammar
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.cached: CachedSplits | None = None
         self._augment: BatchAugment | None = None
@@ -146,7 +147,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def train_transform(self) -> Callable[[Any], torch.Tensor]:
         hp = self.hparams
-        return create_transform(
+        transform = create_transform(
             input_size=hp.img_size,
             is_training=True,
             scale=tuple(hp.scale),
@@ -158,6 +159,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             mean=tuple(hp.mean),
             std=tuple(hp.std),
         )
+        return guard_posterize(transform)
 
     def setup(self, stage: str | None = None) -> None:
         if self._checked:
@@ -192,8 +194,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             mean=tuple(hp.mean),
             std=tuple(hp.std),
             auto_augment=hp.auto_augment,
-            color_jitter=hp.color_jitter,
+            color_jitter=None if hp.auto_augment else hp.color_jitter,  # as timm's uncached path
             re_prob=hp.re_prob,
+            interpolation=hp.interpolation,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
