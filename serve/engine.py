@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serve.metadata import MetadataError, ModelMetadata
+from serve.trust import Trust, TrustError
 
 log = logging.getLogger("serve.engine")
 
@@ -26,16 +27,6 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 class EngineError(RuntimeError):
     """The model file cannot be served; the message names the file and the reason."""
-
-
-@dataclass
-class Prediction:
-    label: str
-    index: int
-    score: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "index": self.index, "score": self.score}
 
 
 @dataclass
@@ -120,7 +111,13 @@ class Engine:
     """
 
     def __init__(
-        self, path: str | Path, *, device: str = "auto", threads: int = 0, spinning: bool = False
+        self,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+        spinning: bool = False,
+        ood_threshold: float | None = None,
     ) -> None:
         start = time.perf_counter()
         self.path = Path(path)
@@ -135,7 +132,8 @@ class Engine:
             raise EngineError(f"{self.path}: --device cuda but onnxruntime fell back to {self.providers}")
         try:
             self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
-        except MetadataError as exc:
+            self.trust = Trust.from_metadata(self.metadata, ood_threshold)
+        except (MetadataError, TrustError) as exc:
             raise EngineError(f"{self.path}: {exc}") from exc
         self.file_sha256 = file_sha256(self.path)
         self._bind_io()
@@ -184,6 +182,11 @@ class Engine:
             )
         attention = self.metadata.outputs.get("attention")
         self.attention_name = attention if attention in names else None
+        # Outputs the trust rules read besides the logits (an in-graph OOD score), run every call.
+        self.trust_names = [n for n in self.trust.output_names if n not in (self.logits_name, "logits")]
+        missing = [n for n in self.trust_names if n not in names]
+        if missing:
+            raise EngineError(f"{self.path}: the metadata names output(s) {missing} that the graph lacks")
         self.output_names = names
 
     @property
@@ -208,15 +211,15 @@ class Engine:
         if self.static_batch is not None and count < self.static_batch:
             padding = np.zeros((self.static_batch - count, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, padding])
-        wanted = [self.logits_name]
-        if with_attention and self.attention_name:
-            wanted.append(self.attention_name)
+        attend = with_attention and self.attention_name is not None
+        wanted = [self.logits_name, *([self.attention_name] if attend else []), *self.trust_names]
         sessions = self.instance_sessions
         session = sessions[instance % len(sessions)] if instance is not None and sessions else self.session
         results = session.run(wanted, {self.input_name: batch.astype(self.input_dtype, copy=False)})
         logits = np.asarray(results[0][:count], dtype=np.float32)
-        attention = np.asarray(results[1][:count], dtype=np.float32) if len(results) > 1 else None
-        return Outputs(logits=logits, attention=attention)
+        attention = np.asarray(results[1][:count], dtype=np.float32) if attend else None
+        extra = {name: np.asarray(r[:count]) for name, r in zip(self.trust_names, results[1 + attend :], strict=True)}
+        return Outputs(logits=logits, attention=attention, extra=extra)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/model`` reports."""
@@ -239,19 +242,6 @@ class Engine:
             "versions": dict(meta.versions),
             "load_seconds": round(self.load_seconds, 4),
             "run_batch_size": self.run_batch_size,
+            "trust": self.trust.describe(),
         }
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, stable for large logits."""
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
-    """One image's logits [C] -> the ``k`` most probable classes (k clamped to C), best first."""
-    probs = softmax(logits[None])[0]
-    k = max(1, min(int(k), probs.shape[0]))
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [Prediction(label=labels[i], index=int(i), score=float(probs[i])) for i in order]

@@ -22,9 +22,10 @@ from functools import partial
 import numpy as np
 
 from serve.batcher import Batcher, ItemResult
-from serve.engine import Engine, Prediction, softmax, top_k
+from serve.engine import Engine
 from serve.inputs import Prepared, Upload, prepare
 from serve.settings import Settings
+from serve.trust import Prediction, top_k
 
 Item = Upload | np.ndarray  # encoded image bytes, or an already preprocessed [3, H, W] array
 
@@ -60,7 +61,7 @@ class Pipeline:
     ) -> list[Answer]:
         """The answers for ``items``, in order."""
         prepared, results = await self.predict(engine, items, attention, keep_image)
-        return [self.answer(engine, p, r, top_k) for p, r in zip(prepared, results, strict=True)]
+        return self.answer(prepared, results, top_k)
 
     def decode(self, engine: Engine, item: Item, keep_image: bool) -> Prepared:
         """Stage 1: bytes -> model input (runs in a thread: PIL releases the GIL)."""
@@ -84,14 +85,25 @@ class Pipeline:
         results = await self.batcher.submit(engine, [p.array for p in prepared], attention)
         return prepared, results
 
-    def answer(self, engine: Engine, prepared: Prepared, result: ItemResult, k: int) -> Answer:
-        """Stage 4: one row -> calibrated top-k and the unknown flag."""
-        probabilities = softmax(result.logits[None])[0]
-        return Answer(
-            prepared=prepared,
-            result=result,
-            predictions=top_k(result.logits, engine.labels, k),
-            probabilities=probabilities,
-            ood_score=None,
-            unknown=False,
-        )
+    @staticmethod
+    def answer(prepared: list[Prepared], results: list[ItemResult], k: int) -> list[Answer]:
+        """Stage 4: rows -> calibrated top-k and the unknown flag (serve/trust.py), per request.
+
+        A request's images all run on the engine it started with (the batcher keeps them).
+        """
+        engine = results[0].engine
+        outputs = {engine.logits_name: np.stack([r.logits for r in results])}
+        for name in engine.trust_names:
+            outputs[name] = np.stack([r.extra[name] for r in results])
+        verdicts = engine.trust.apply(outputs)
+        return [
+            Answer(
+                prepared=p,
+                result=r,
+                predictions=top_k(verdicts.probabilities[i], engine.labels, k),
+                probabilities=verdicts.probabilities[i],
+                ood_score=verdicts.ood_score(i),
+                unknown=bool(verdicts.unknown[i]),
+            )
+            for i, (p, r) in enumerate(zip(prepared, results, strict=True))
+        ]

@@ -101,8 +101,7 @@ class ModelInfo(BaseModel):
     versions: dict[str, str]
     load_seconds: float
     run_batch_size: int | None
-    calibration: dict[str, Any] | None = None
-    ood: dict[str, Any] | None = None
+    trust: dict[str, Any] = Field(description="temperature, OOD method, threshold and accept rate")
     batching: Batching | None = None
 
 

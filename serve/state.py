@@ -36,6 +36,7 @@ def open_engine(settings: Settings, path: Path | None = None) -> Engine:
         device=settings.device,
         threads=settings.threads,
         spinning=settings.spin and instance_count(settings) > 1,
+        ood_threshold=settings.ood_threshold,
     )
 
 

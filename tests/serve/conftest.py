@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from serve.app import create_app
-from serve.metadata import ModelMetadata
+from serve.metadata import Calibration, ModelMetadata, OodSpec
 from serve.preprocess import Preprocessing
 from serve.settings import Settings
 
@@ -42,8 +42,15 @@ def build_model(
     gain: float = 4.0,
     static_batch: int | None = None,
     metadata: bool = True,
+    temperature: float | None = None,
+    ood_threshold: float | None = None,
 ) -> Path:
-    """Write a tiny classifier (optionally with an attention output) with vit metadata."""
+    """Write a tiny classifier (optionally with an attention output) with vit metadata.
+
+    ``temperature``: calibration in the metadata. ``ood_threshold``: an in-graph OOD score
+    output ``ood_score = -max(logits)`` (high for grey images, low for saturated ones) with
+    that threshold, as a Mahalanobis export carries its score.
+    """
     labels = labels or LABELS
     classes = len(labels)
     weight = np.zeros((3, classes), np.float32)
@@ -57,6 +64,12 @@ def build_model(
     ]
     initializers = [numpy_helper.from_array(weight, "weight")]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])]
+    if ood_threshold is not None:
+        nodes += [
+            helper.make_node("ReduceMax", ["logits"], ["top"], axes=[1], keepdims=0),
+            helper.make_node("Neg", ["top"], ["ood_score"]),
+        ]
+        outputs.append(helper.make_tensor_value_info("ood_score", TensorProto.FLOAT, [batch]))
     if attention:
         stride = SIZE // GRID
         nodes += [
@@ -89,6 +102,10 @@ def build_model(
             model_name="tiny_test",
             weights_sha256=f"{gain:08.3f}".replace(".", "") * 8,
             outputs={"logits": "logits", "attention": "attention" if attention else None},
+            calibration=Calibration(temperature) if temperature else None,
+            ood=OodSpec("mahalanobis", ood_threshold, output="ood_score")
+            if ood_threshold is not None
+            else None,
         )
         helper.set_model_props(model, meta.to_props())
     onnx.checker.check_model(model)

@@ -19,8 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from serve.engine import Engine, top_k
+from serve.engine import Engine
 from serve.preprocess import decode_image
+from serve.trust import softmax, top_k
 from tests.serve.conftest import GRID, LABELS, build_model, image_bytes
 
 PNG = {"content-type": "image/png"}
@@ -38,7 +39,7 @@ def expected_scores(model: Path, data: bytes) -> list[tuple[str, float]]:
     engine = Engine(model, device="cpu", threads=1)
     pre = engine.metadata.preprocessing
     logits = engine.infer(pre(decode_image(data, preprocessing=pre))[None]).logits[0]
-    return [(p.label, p.score) for p in top_k(logits, engine.labels, 3)]
+    return [(p.label, p.score) for p in top_k(softmax(logits[None])[0], engine.labels, 3)]
 
 
 def answer_scores(answer: dict) -> list[tuple[str, float]]:
@@ -165,7 +166,7 @@ def test_image_kinds(
     engine = Engine(tiny_model, device="cpu", threads=1)
     image = decode_image(data, preprocessing=engine.metadata.preprocessing)
     logits = engine.infer(engine.metadata.preprocessing(image)[None]).logits[0]
-    expected = top_k(logits, engine.labels, 5)
+    expected = top_k(softmax(logits[None])[0], engine.labels, 5)
     assert [p["label"] for p in predictions] == [p.label for p in expected]
     assert [p["score"] for p in predictions] == pytest.approx([p.score for p in expected], abs=1e-6)
 

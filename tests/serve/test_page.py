@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.conftest import image_bytes
+from tests.serve.conftest import build_model, image_bytes
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -131,3 +131,22 @@ def test_page_with_api_key_and_error_message(
     broken.write_bytes(b"not a picture")
     upload(browser, broken)
     assert "not a recognised image format" in browser.find_element(By.ID, "status").text
+
+
+def test_page_says_when_an_image_is_none_of_the_known_classes(
+    browser: webdriver.Chrome, live_server: Callable[..., str], model_dir: Path, tmp_path: Path
+) -> None:
+    trusted = build_model(model_dir / "trusted_page.onnx", temperature=2.0, ood_threshold=-2.0)
+    base = "http://" + live_server(trusted)
+    browser.get(base + "/")
+    wait(browser, lambda d: "tiny_test" in d.find_element(By.ID, "model-info").text)
+    grey = tmp_path / "grey.png"
+    grey.write_bytes(image_bytes((128, 128, 128)))
+    upload(browser, grey)
+    note = browser.find_element(By.ID, "unknown")
+    assert note.is_displayed() and "not one of the known classes" in note.text.lower()
+    assert "score" in note.text
+    known = tmp_path / "red.png"
+    known.write_bytes(image_bytes("cat"))
+    upload(browser, known)
+    assert not browser.find_element(By.ID, "unknown").is_displayed() and labels(browser)[0] == "cat"
