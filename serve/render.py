@@ -67,10 +67,32 @@ def heatmap(grid: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 
 def overlay_heatmap(image: Image.Image, grid: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """``image`` with the coloured map blended on top (RGB, same size). ``alpha`` is the map's weight."""
+    """``image`` with the coloured map blended in where attention is (RGB, same size).
+
+    Each pixel's colour weight is ``alpha`` times the map's value there (0 to 1), so regions the
+    model ignores show the image untouched and the picture stays readable; a uniform blend
+    buried the digit or object under the colour scale.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return Image.blend(image.convert("RGB"), heatmap(grid, image.size), alpha)
+    base = np.asarray(image.convert("RGB"), np.float32)
+    values = upsample(grid, image.size)
+    weight = (alpha * values)[..., None]
+    blended = base * (1.0 - weight) + colormap(values).astype(np.float32) * weight
+    return Image.fromarray(np.round(blended).astype(np.uint8), "RGB")
+
+
+def side_by_side(left: Image.Image, right: Image.Image, pad: int = 4) -> Image.Image:
+    """Two images next to each other on a white sheet (the original beside its overlay)."""
+    sheet = Image.new("RGB", (left.width + pad + right.width, max(left.height, right.height)), BACKGROUND)
+    sheet.paste(left.convert("RGB"), (0, 0))
+    sheet.paste(right.convert("RGB"), (left.width + pad, 0))
+    return sheet
+
+
+def overlay_pair(image: Image.Image, grid: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """``image`` as it is, and beside it the overlay of ``grid`` (what the server's PNG can show too)."""
+    return side_by_side(image, overlay_heatmap(image, grid, alpha))
 
 
 def font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -173,12 +195,12 @@ def explanation_figure(
     alpha: float = 0.5,
     short_side: int = 256,
 ) -> Image.Image:
-    """Overlay of ``grid`` on ``view`` (enlarged to ``short_side``), a caption, and optional per-head overlays.
+    """``view`` (enlarged to ``short_side``) beside the overlay of ``grid``, a caption, and optional per-head overlays.
 
     ``view`` is the image exactly as the model saw it (after resize and centre crop).
     """
     shown = view.convert("RGB").resize(display_size(view.size, short_side), Image.Resampling.BICUBIC)
-    main = overlay_heatmap(shown, grid, alpha)
+    main = overlay_pair(shown, grid, alpha)
     parts = [main, colour_bar(main.width), caption(lines, main.width)]
     if head_grids is not None and len(head_grids):
         small = shown.resize(display_size(shown.size, max(48, short_side // 4)), Image.Resampling.BICUBIC)

@@ -16,6 +16,7 @@ from serve.render import (
     explanation_figure,
     normalise_grid,
     overlay_heatmap,
+    overlay_pair,
     png_bytes,
     tile,
     upsample,
@@ -51,10 +52,31 @@ def test_alpha_ends():
     grid = np.random.default_rng(0).random((4, 4))
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 48, 3), dtype=np.uint8))
     assert np.array_equal(np.asarray(overlay_heatmap(image, grid, alpha=0.0)), np.asarray(image))
-    only_map = np.asarray(overlay_heatmap(image, grid, alpha=1.0))
-    assert np.array_equal(only_map, colormap(upsample(grid, image.size)))
+    full = np.asarray(overlay_heatmap(image, grid, alpha=1.0)).astype(int)
+    values = upsample(grid, image.size)
+    hottest = np.unravel_index(values.argmax(), values.shape)
+    assert np.abs(full[hottest] - colormap(values)[hottest].astype(int)).max() <= 1  # weight 1 at the peak
     with pytest.raises(ValueError, match="alpha"):
         overlay_heatmap(image, grid, alpha=1.5)
+
+
+def test_image_stays_readable_where_attention_is_low():
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    grid = np.zeros((4, 4))
+    grid[0, 0] = 1.0  # attention on the top-left cell only
+    out = np.asarray(overlay_heatmap(image, grid, alpha=0.8)).astype(int)
+    original = np.asarray(image).astype(int)
+    assert np.abs(out[30:, 30:] - original[30:, 30:]).max() <= 1  # far from the hot cell: untouched
+    assert np.abs(out[:5, :5] - original[:5, :5]).mean() > 20
+
+
+def test_pair_shows_the_original_beside_the_overlay():
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    grid = np.random.default_rng(4).random((2, 3))
+    pair = overlay_pair(image, grid, alpha=0.5)
+    assert pair.size == (30 + 4 + 30, 20)
+    assert np.array_equal(np.asarray(pair)[:, :30], np.asarray(image))
+    assert np.array_equal(np.asarray(pair)[:, 34:], np.asarray(overlay_heatmap(image, grid, 0.5)))
 
 
 def test_maps_are_scaled_inside():
@@ -99,7 +121,7 @@ def test_figure_with_heads_is_taller_and_encodes():
     with_heads = explanation_figure(
         view, grid, ["c0 90%"], head_grids=np.stack([grid, grid.T]), short_side=128
     )
-    assert plain.width == with_heads.width == 128 and with_heads.height > plain.height
+    assert plain.width == with_heads.width == 2 * 128 + 4 and with_heads.height > plain.height
     assert Image.open(io.BytesIO(png_bytes(with_heads))).size == with_heads.size
 
 
