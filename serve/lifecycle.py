@@ -1,16 +1,17 @@
 """Every request's deadline (504) and the client who left (499), in one ASGI layer.
 
-Routes stay plain ``async def``s: this layer runs each request as a task and cancels it when
-the deadline passes or when the client disconnects after sending its body, so a client that
-gives up (its own timeout, a closed page) frees its queued images instead of delaying everyone
-behind them. Neither Starlette nor uvicorn cancels a handler whose client left: once the body
-has been read, this layer watches ``receive()`` for ``http.disconnect`` itself.
+Routes stay plain ``async def``s: this layer cancels the request's own task when the deadline
+passes or when the client disconnects after sending its body, so a client that gives up (its
+own timeout, a closed page) frees its queued images instead of delaying everyone behind them.
+Neither Starlette nor uvicorn cancels a handler whose client left: once the body has been
+read, a watcher reads ``receive()`` for ``http.disconnect`` itself. As ``asyncio.timeout``
+does, the layer cancels the running task and takes the cancellation back
+(``Task.uncancel``): no extra task per request, and one watcher only for requests with a body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,18 +33,36 @@ class RequestLifecycle:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        reason: str | None = None  # why this layer cancelled the task: "timeout" or "gone"
         started = False
-        body_done = asyncio.Event()
-        left: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        watcher: asyncio.Task[None] | None = None
+        left: asyncio.Future[Message] = loop.create_future()
+
+        def stop(why: str) -> None:
+            nonlocal reason
+            if reason is None:
+                reason = why
+                task.cancel()
+
+        async def watch() -> None:
+            message = await receive()
+            while message["type"] != "http.disconnect":
+                message = await receive()
+            left.set_result(message)
+            stop("gone")
 
         async def watched_receive() -> Message:
-            if body_done.is_set():  # after the body, the only message left is the disconnect
+            nonlocal watcher
+            if watcher is not None:  # after the body, the only message left is the disconnect
                 return await asyncio.shield(left)
             message = await receive()
             if message["type"] == "http.disconnect":
                 left.set_result(message)
             elif not message.get("more_body", False):
-                body_done.set()
+                watcher = loop.create_task(watch())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -51,31 +70,21 @@ class RequestLifecycle:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        async def watch() -> None:
-            await body_done.wait()
-            message = await receive()
-            while message["type"] != "http.disconnect":
-                message = await receive()
-            if not left.done():
-                left.set_result(message)
-
-        handler = asyncio.ensure_future(self.app(scope, watched_receive, tracking_send))
-        watcher = asyncio.ensure_future(watch())
+        timer = loop.call_later(self.timeout_s(), stop, "timeout")
         try:
-            done, _ = await asyncio.wait(
-                {handler, watcher}, timeout=self.timeout_s(), return_when="FIRST_COMPLETED"
-            )
-        finally:
-            watcher.cancel()
-        if handler in done:
-            handler.result()  # re-raise what the app raised (its own error layer answered it)
+            await self.app(scope, watched_receive, tracking_send)
             return
-        handler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await handler
+        except asyncio.CancelledError:
+            if reason is None:  # not ours (server shutdown): let it through
+                raise
+            task.uncancel()
+        finally:
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
         if started:  # too late for a status: the client sees a cut response
             return
-        if done:  # the watcher finished: the client is gone; answer to nobody, counted as 499
+        if reason == "gone":  # answered to nobody, counted as 499 by the metrics layer
             error = ApiError(
                 499, "client_closed_request", "the client disconnected before the answer was ready"
             )
