@@ -10,10 +10,17 @@ folder and sets nothing else:
 * model: up to 96 px, the conv-stem ViT of the CIFAR recipe (a patchify layer wastes small
   images; measured on 2 CPU cores, the small conv-stem model with 8x8 tokens learned the most
   per minute); above, ViT-Tiny/16, or ViT-Small/16 with a GPU and at least 100k training images;
-* batch size: 128 up to 64 px, else 64 — at most an eighth of the training images;
+* batch size: 128 up to 64 px, else 64 — and at least 30 steps per epoch (small folders get
+  smaller batches); the small-image model's LR scales with it (2e-3 at 128, the CIFAR recipe);
+* augmentation and regularisation by training-image count (small folders over-fit, large ones
+  under-fit in a short budget): random-resized-crop scale, drop-path (table in
+  docs/TRAINING_RECIPES.md, :data:`REGULARISATION`); no horizontal flips for grey folders
+  (digits, text, scans, X-rays: a mirror image is another thing);
 * decoded cache: on for images up to 64 px, ``auto`` (when it fits) above;
 * precision: bf16-mixed where the hardware computes in bf16 (CUDA with bf16, CPUs with
-  AVX512-BF16 or AMX); 32-true elsewhere, where bf16 is emulated and many times slower.
+  AVX512-BF16 or AMX); 32-true elsewhere, where bf16 is emulated and many times slower;
+* with ``--model.pretrained``: fine-tuning (:func:`finetune_defaults`): the pretrained
+  architecture and input size, layer-wise LR decay, a frozen-backbone warm-up, a lower peak LR.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from vit.folder import discover
 
 IMG_SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
 SMALL_IMAGE_MODEL = "vit_resstem_nano_patch4_32"
+MIN_STEPS_PER_EPOCH = 30
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+# (fewer than N training images, crop scale low end, drop-path): small folders over-fit.
+REGULARISATION = ((10_000, 0.35, 0.1), (40_000, 0.6, 0.05), (float("inf"), 1.0, 0.0))
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class FolderStats:
     train_images: int
     short_side: int  # median shorter side
     long_side: int  # median longer side
+    grey: bool = False  # (nearly) every probed image is single-channel
 
 
 def scan(root: str | Path, probe: int = 256) -> FolderStats:
@@ -46,16 +58,18 @@ def scan(root: str | Path, probe: int = 256) -> FolderStats:
     splits = discover(root)
     paths = [path for path, _ in splits.train + splits.val]
     step = max(1, len(paths) // probe)
-    sizes = []
+    sizes, grey = [], 0
     for path in paths[::step][:probe]:
         try:
             with Image.open(path) as image:
                 sizes.append(image.size)
+                grey += image.mode in GREY_MODES
         except Exception:  # noqa: BLE001, S112 - bad files are reported by the data module later
             continue
     short = int(statistics.median(min(s) for s in sizes)) if sizes else IMG_SIZES[-1]
     long = int(statistics.median(max(s) for s in sizes)) if sizes else IMG_SIZES[-1]
-    return FolderStats(len(splits.classes), len(splits.train), short, long)
+    is_grey = bool(sizes) and grey >= 0.9 * len(sizes)
+    return FolderStats(len(splits.classes), len(splits.train), short, long, is_grey)
 
 
 def choose_img_size(short_side: int) -> int:
@@ -70,9 +84,15 @@ def choose_patch_size(img_size: int) -> int:
 
 def choose_batch_size(img_size: int, train_images: int) -> int:
     batch = 128 if img_size <= 64 else 64
-    while batch > 8 and batch * 8 > train_images:
+    while batch > 8 and batch * MIN_STEPS_PER_EPOCH > train_images:
         batch //= 2
     return batch
+
+
+def choose_regularisation(train_images: int) -> dict[str, Any]:
+    """Crop scale and drop-path for the image count (:data:`REGULARISATION`)."""
+    _, low, drop_path = next(row for row in REGULARISATION if train_images < row[0])
+    return {"data.scale": [low, 1.0], "model.drop_path_rate": drop_path}
 
 
 def cpu_has_bf16() -> bool:
@@ -111,12 +131,63 @@ def suggest_defaults(root: str | Path, gpu: bool | None = None) -> dict[str, Any
     stats = scan(root)
     img_size = choose_img_size(stats.short_side)
     small = img_size <= 64
-    return {
+    batch = choose_batch_size(img_size, stats.train_images)
+    model = choose_model(img_size, stats.train_images, gpu)
+    suggested = {
         "model.img_size": img_size,
         "model.patch_size": choose_patch_size(img_size),
-        **choose_model(img_size, stats.train_images, gpu),
-        "data.batch_size": choose_batch_size(img_size, stats.train_images),
+        **model,
+        "data.batch_size": batch,
         "data.eval_crop_pct": 1.0 if small else 0.875,
         "data.cache": True if small else "auto",
+        "data.hflip": 0.0 if stats.grey else 0.5,
+        "trainer.precision": choose_precision(),
+        "trainer.gradient_clip_val": 1.0,
+    }
+    if model["model.model_name"] == SMALL_IMAGE_MODEL:
+        # The CIFAR-10 recipe's optimisation (configs/cifar10.yaml), LR scaled with the batch.
+        suggested.update({"model.lr": 2e-3 * batch / 128, "model.ema_decay": 0.999})
+        suggested.update(choose_regularisation(stats.train_images))
+    return suggested
+
+
+FINETUNE_LR_FRACTION = 0.25  # fine-tuning peaks at a quarter of the from-scratch LR
+FINETUNE = {
+    "model.layer_decay": 0.75,  # block i of L at lr * 0.75 ** (L + 1 - i): early layers move least
+    "model.freeze_backbone": 0.05,  # the first 5% of the run trains the new head alone
+    "model.warmup": 0.1,
+    "model.weight_decay": 0.05,
+    "model.label_smoothing": 0.1,
+    "model.ema_decay": 0.999,
+    "trainer.gradient_clip_val": 1.0,
+}
+
+
+def finetune_defaults(
+    root: str | Path, pretrained: str, model_name: str = "vit_tiny_patch16_224"
+) -> dict[str, Any]:
+    """Defaults for ``vit fit --data.root DIR --model.pretrained WEIGHTS``: fine-tuning.
+
+    The pretrained network's architecture, input size and preprocessing (vit.pretrained), the
+    data-driven batch size, augmentation and cache, and :data:`FINETUNE` with a lower peak LR.
+    """
+    from vit.pretrained import pretrained_settings
+
+    stats = scan(root)
+    network = pretrained_settings(pretrained, model_name)
+    img_size = int(network.get("model.img_size", choose_img_size(stats.short_side)))
+    batch = choose_batch_size(img_size, stats.train_images)
+    scratch_lr = 2e-3 * batch / 128 if img_size <= 96 else 1e-3 * batch / 64
+    return {
+        "data.eval_crop_pct": 1.0 if img_size <= 64 else 0.875,
+        **network,  # the pretrained preprocessing wins over the line above
+        "model.img_size": img_size,
+        "model.lr": FINETUNE_LR_FRACTION * scratch_lr,
+        **FINETUNE,
+        "data.batch_size": batch,
+        "data.hflip": 0.0 if stats.grey else 0.5,
+        "data.cache": True if img_size <= 64 else "auto",
+        "data.scale": choose_regularisation(stats.train_images)["data.scale"],
+        "model.drop_path_rate": 0.1,
         "trainer.precision": choose_precision(),
     }

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +27,38 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vit.demo", "digits demo: data set, training, export, prediction"),
 }
 DEFAULT_ROOT = "runs/vit"
-DEFAULT_MAX_EPOCHS = 100  # without --budget; with it, training runs until the budget is spent
+DEFAULT_MAX_EPOCHS = 100  # without a time limit; with one, training runs until the time is spent
+# Known-harmless messages, silenced where they arise (everything else still shows):
+KNOWN_HARMLESS_WARNINGS = (
+    r"LightningCLI's args parameter is intended",  # vit calls the CLI as a function, deliberately
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree copy on torch >= 2.9
+    r"Precision bf16-mixed is not supported by the model summary",  # it counts params in fp32
+)
+KNOWN_HARMLESS_INFO = ("💡 Tip:",)  # Lightning's litlogger/litmodels advertisements
 
 
-def parse_duration(text: str) -> str:
+class _DropKnownInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(KNOWN_HARMLESS_INFO)
+
+
+def quiet_known_messages() -> None:
+    """Silence :data:`KNOWN_HARMLESS_WARNINGS` and the Lightning tips; real warnings stay."""
+    for message in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownInfo) for f in logger.filters):
+            logger.addFilter(_DropKnownInfo())
+
+
+def parse_duration(text: str, flag: str = "--budget") -> str:
     """``90s``, ``30m``, ``1h30m``, ``2d`` or ``DD:HH:MM:SS`` -> Lightning's ``DD:HH:MM:SS``."""
     if re.fullmatch(r"\d+:\d\d:\d\d:\d\d", text):
         return text
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", text.strip().lower())
     if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.lower()):
-        raise ValueError(f"--budget: cannot read {text!r}; use e.g. 30m, 1h30m, 90s or DD:HH:MM:SS")
+        raise ValueError(f"{flag}: cannot read {text!r}; use e.g. 30m, 1h30m, 90s or DD:HH:MM:SS")
     seconds = int(sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u] for n, u in parts))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
@@ -42,39 +66,67 @@ def parse_duration(text: str) -> str:
     return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def data_root_argument(argv: list[str]) -> str | None:
-    """The value of ``--data.root`` in ``argv`` (either ``--data.root X`` or ``--data.root=X``)."""
+def argument_value(argv: list[str], key: str) -> str | None:
+    """The value of ``--KEY`` in ``argv`` (either ``--KEY X`` or ``--KEY=X``)."""
     for index, arg in enumerate(argv):
-        if arg == "--data.root" and index + 1 < len(argv):
+        if arg == f"--{key}" and index + 1 < len(argv):
             return argv[index + 1]
-        if arg.startswith("--data.root="):
+        if arg.startswith(f"--{key}="):
             return arg.split("=", 1)[1]
     return None
 
 
-def with_automatic_defaults(argv: list[str]) -> list[str]:
-    """``vit fit --data.root DIR`` with no config and no model settings: defaults from the data.
+def automatic_defaults(argv: list[str]) -> dict[str, Any]:
+    """Defaults from the data for ``vit fit --data.root DIR`` without a config or model settings
+    (vit.autoconfig); with ``--model.pretrained`` as the only model setting, fine-tuning defaults.
 
-    The suggestions (vit.autoconfig) come first, so anything the user typed still wins.
+    They become the parser's defaults (``set_defaults``), so anything the user typed still wins.
     """
-    root = data_root_argument(argv)
+    root = argument_value(argv, "data.root")
     user_keys = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
-    if (
-        argv[0] != "fit"
-        or root is None
-        or "config" in user_keys
-        or any(k.startswith("model.") for k in user_keys)
-    ):
-        return argv
-    from vit.autoconfig import suggest_defaults
+    model_keys = {k for k in user_keys if k.startswith("model.")} - {"model.pretrained"}
+    if not argv or argv[0] != "fit" or root is None or "config" in user_keys or model_keys:
+        return {}
+    from vit.autoconfig import finetune_defaults, suggest_defaults
 
-    suggested = {k: v for k, v in suggest_defaults(root).items() if k not in user_keys}
+    pretrained = argument_value(argv, "model.pretrained")
+    chosen = finetune_defaults(root, pretrained) if pretrained else suggest_defaults(root)
+    suggested = {k: v for k, v in chosen.items() if k not in user_keys}
     print(
-        "vit fit: no config given; defaults chosen from the data: "
+        f"vit fit: no config given; {'fine-tuning ' if pretrained else ''}defaults chosen from the data: "
         + ", ".join(f"{k}={v}" for k, v in suggested.items())
     )
-    extra = [item for key, value in suggested.items() for item in (f"--{key}", str(value))]
-    return [argv[0], *extra, *argv[1:]]
+    return suggested
+
+
+def pretrained_data_settings(config: Any) -> dict[str, Any]:
+    """The pretrained weights' preprocessing for the ``data.*`` keys still at their defaults."""
+    from vit.data import ImageFolderDataModule
+    from vit.pretrained import pretrained_settings
+
+    spec = config.model.get("pretrained")
+    if not spec:
+        return {}
+    defaults = inspect_defaults(ImageFolderDataModule)
+    chosen = {}
+    for key, value in pretrained_settings(spec, config.model.model_name).items():
+        name = key.removeprefix("data.")
+        if key.startswith("data.") and _same(config.data.get(name), defaults.get(name)):
+            chosen[name] = value
+    return chosen
+
+
+def inspect_defaults(cls: type) -> dict[str, Any]:
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return [float(x) for x in a] == [float(x) for x in b]
+    return a == b
 
 
 def run_lightning(argv: list[str]) -> int:
@@ -83,6 +135,10 @@ def run_lightning(argv: list[str]) -> int:
     from vit.callbacks import BestAndLastCheckpoint
     from vit.data import ImageFolderDataModule
     from vit.model import ViTClassifier
+    from vit.pretrained import PretrainedUnavailable
+
+    quiet_known_messages()
+    automatic = automatic_defaults(argv)
 
     class ViTCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: Any) -> None:
@@ -112,30 +168,54 @@ def run_lightning(argv: list[str]) -> int:
                 "checkpoint.dirpath",
                 compute_fn=lambda root: str(Path(root or DEFAULT_ROOT) / "checkpoints"),
             )
+            parser.set_defaults(automatic)  # vit fit --data.root DIR: defaults from the data
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand]
             trainer = config.trainer
             if config.get("budget"):
                 trainer.max_time = parse_duration(config.budget)
-                trainer.max_epochs = (
-                    -1 if trainer.max_epochs in (None, DEFAULT_MAX_EPOCHS) else trainer.max_epochs
-                )
+            elif isinstance(trainer.max_time, str):
+                trainer.max_time = parse_duration(trainer.max_time, "--trainer.max_time")
+            if trainer.max_time and trainer.max_epochs in (None, DEFAULT_MAX_EPOCHS):
+                # A time limit (--budget or Lightning's own --trainer.max_time) ends the run and the
+                # schedule is laid over it; an epoch limit the user set still ends it if sooner.
+                trainer.max_epochs = -1
+            preprocessing = pretrained_data_settings(config)
+            if preprocessing:
+                for key, value in preprocessing.items():
+                    setattr(config.data, key, value)
+                print("vit fit: preprocessing of the pretrained weights: "
+                      + ", ".join(f"data.{k}={v}" for k, v in preprocessing.items()))  # fmt: skip
             if trainer.logger in (None, True):
                 trainer.logger = default_loggers(trainer.default_root_dir or DEFAULT_ROOT)
+            if self.subcommand == "fit":  # per-class table, confusion matrix and curves.png, once
+                trainer.callbacks = [*(trainer.callbacks or []), {"class_path": "vit.callbacks.RunReport"}]
             if trainer.enable_progress_bar is not False and importlib.util.find_spec("rich"):
                 bar = {"class_path": "lightning.pytorch.callbacks.RichProgressBar"}
                 trainer.callbacks = [*(trainer.callbacks or []), bar]
 
-    ViTCLI(
-        ViTClassifier,
-        ImageFolderDataModule,
-        args=with_automatic_defaults(argv),
-        trainer_defaults={"max_epochs": DEFAULT_MAX_EPOCHS},
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
-        seed_everything_default=0,
-    )
+        def before_fit(self) -> None:
+            # Log at least once an epoch: on a small folder an epoch has fewer batches than
+            # Lightning's 50 (which it warns about, and then logs no training step at all).
+            data, trainer = self.datamodule, self.trainer
+            per_epoch = len(data.splits.train) // max(data.hparams.batch_size * trainer.world_size, 1)
+            if 0 < per_epoch < trainer.log_every_n_steps:
+                trainer.log_every_n_steps = per_epoch
+
+    try:
+        ViTCLI(
+            ViTClassifier,
+            ImageFolderDataModule,
+            args=argv,
+            trainer_defaults={"max_epochs": DEFAULT_MAX_EPOCHS},
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"default_env": False},
+            seed_everything_default=0,
+        )
+    except PretrainedUnavailable as exc:  # before anything is written: nothing to clean up
+        print(f"vit {argv[0]}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

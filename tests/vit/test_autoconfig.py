@@ -50,8 +50,33 @@ def test_image_size_never_upscales_and_patch_keeps_tokens_moderate(
 def test_batch_size_shrinks_for_tiny_data_sets() -> None:
     assert choose_batch_size(32, 50_000) == 128
     assert choose_batch_size(224, 50_000) == 64
-    assert choose_batch_size(32, 300) == 32
+    assert choose_batch_size(32, 2_000) == 64  # at least 30 steps per epoch
+    assert choose_batch_size(32, 5_000) == 128
+    assert choose_batch_size(32, 300) == 8
     assert choose_batch_size(32, 10) == 8
+
+
+def test_regularisation_falls_as_the_folder_grows() -> None:
+    from vit.autoconfig import choose_regularisation
+
+    rows = [choose_regularisation(n) for n in (500, 2_000, 20_000, 50_000)]
+    scales = [row["data.scale"][0] for row in rows]
+    drops = [row["model.drop_path_rate"] for row in rows]
+    assert scales == sorted(scales) and scales[0] < scales[-1] == 1.0  # lighter crops for more images
+    assert drops == sorted(drops, reverse=True) and drops[-1] == 0.0
+
+
+def test_grey_folders_are_not_mirrored(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "grey"
+    for k in range(2):
+        (root / f"c{k}").mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (28, 28), 40 * k + i).save(root / f"c{k}" / f"{i}.png")
+    assert scan(root).grey and suggest_defaults(root, gpu=False)["data.hflip"] == 0.0
+    colour = write_class_folder(tmp_path / "colour", classes=2, per_class=6, size=(28, 28))
+    assert not scan(colour).grey and suggest_defaults(colour, gpu=False)["data.hflip"] == 0.5
 
 
 def test_suggestions_for_small_images_build_a_working_model(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from vit.cli import TOOL_COMMANDS, main, parse_duration
@@ -55,18 +56,65 @@ def test_missing_data_folder_is_named(tmp_path: Path) -> None:
         main(["fit", "--data.root", str(tmp_path / "nowhere"), "--trainer.max_epochs", "1"])
 
 
-def test_automatic_defaults_only_without_config_or_model_settings(tiny_folder: Path) -> None:
-    from vit.cli import with_automatic_defaults
+def test_automatic_defaults_are_parser_defaults_the_user_overrides(
+    tiny_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vit.cli import automatic_defaults
 
     argv = ["fit", "--data.root", str(tiny_folder), "--data.batch_size", "4"]
-    chosen = with_automatic_defaults(argv)
-    assert chosen[-len(argv) + 1 :] == argv[1:]  # the user's arguments come last and win
-    keys = chosen[1 : len(chosen) - len(argv) + 1 : 2]
-    assert "--model.img_size" in keys and "--data.batch_size" not in keys
-    assert chosen[chosen.index("--model.img_size") + 1] == "32"  # 40x36 images: never upscaled
+    chosen = automatic_defaults(argv)
+    assert chosen["model.img_size"] == 32  # 40x36 images: never upscaled
+    assert "data.batch_size" not in chosen  # the user set it
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*argv, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])  # after the "defaults" line
+    assert printed["model"]["img_size"] == 32 and printed["model"]["model_name"] == chosen["model.model_name"]
+    assert printed["data"]["batch_size"] == 4 and printed["data"]["scale"] == chosen["data.scale"]
     for argv in (
         ["fit", "--config", "c.yaml", "--data.root", str(tiny_folder)],
         ["fit", "--data.root", str(tiny_folder), "--model.depth", "2"],
         ["validate", "--data.root", str(tiny_folder)],
     ):
-        assert with_automatic_defaults(argv) == argv
+        assert automatic_defaults(argv) == {}
+
+
+def test_automatic_defaults_fine_tune_when_pretrained_is_given(
+    tiny_folder: Path, tiny_checkpoint: Path
+) -> None:
+    from vit.cli import automatic_defaults
+
+    chosen = automatic_defaults(
+        ["fit", "--data.root", str(tiny_folder), "--model.pretrained", str(tiny_checkpoint)]
+    )
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)["vit"]
+    assert chosen["model.model_name"] == state["model"]["name"]
+    assert chosen["model.patch_size"] == state["model"]["config"]["patch_size"] == 8
+    assert chosen["model.layer_decay"] < 1 and chosen["model.freeze_backbone"] > 0
+    assert chosen["model.lr"] < automatic_defaults(["fit", "--data.root", str(tiny_folder)])["model.lr"]
+    assert chosen["data.mean"] == state["preprocessing"]["mean"]
+
+
+@pytest.mark.parametrize("time_flag", [["--budget", "90s"], ["--trainer.max_time", "00:00:01:30"],
+                                       ["--trainer.max_time", "90s"]])  # fmt: skip
+def test_every_time_limit_lifts_the_epoch_limit(
+    time_flag: list[str], tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Timer
+
+    seen: dict[str, object] = {}
+
+    def fake_fit(self: pl.Trainer, *args: object, **kwargs: object) -> None:
+        timers = [c for c in self.callbacks if isinstance(c, Timer)]
+        seen.update(max_epochs=self.max_epochs, duration=timers[0]._duration if timers else None)
+
+    monkeypatch.setattr(pl.Trainer, "fit", fake_fit)
+    main(["fit", "--data.root", str(tiny_folder), *time_flag, "--trainer.default_root_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert seen == {"max_epochs": -1, "duration": 90.0}
+
+
+def test_bad_max_time_is_named() -> None:
+    with pytest.raises(ValueError, match="--trainer.max_time"):
+        parse_duration("soon", "--trainer.max_time")

@@ -51,3 +51,108 @@ def test_unrelated_or_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     torch.save({"something.else": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="no tensor matches"):
         load_pretrained(source_model(), tmp_path / "other.pth")
+
+
+# -- named weights through timm, from a Hugging Face cache the test writes (no network) -------
+TAG = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+TINY = dict(img_size=32, **SMALL)
+
+
+def cached_repository(
+    cache: Path, repo: str, weights: dict[str, torch.Tensor], config: dict | None = None
+) -> Path:
+    """The layout huggingface_hub reads offline: refs/main -> snapshots/<commit>/files."""
+    import json
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(snapshot / "model.safetensors"))
+    if config is not None:
+        (snapshot / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline Hugging Face cache in ``tmp_path`` (HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_timm_tag_loads_from_the_cache_with_a_new_head(hub_cache: Path) -> None:
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=1000, **TINY)
+    cached_repository(hub_cache, f"timm/{TAG}", source.state_dict())
+    for spec in (TAG, "timm", ".augreg_in21k_ft_in1k"):
+        module = ViTClassifier(num_classes=5, pretrained=spec, **TINY)
+        assert torch.equal(module.net.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight), spec
+        assert module.net.head.weight.shape == (5, 32)  # 1000 ImageNet classes -> a new 5-class head
+        assert module.architecture == "vit_tiny_patch16_224"
+
+
+def test_hub_name_loads_its_config_and_weights(hub_cache: Path) -> None:
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=3, **TINY)
+    config = {"architecture": "vit_tiny_patch16_224", "num_classes": 3,
+              "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6],
+                                 "interpolation": "bilinear", "crop_pct": 1.0, "classifier": "head"}}  # fmt: skip
+    cached_repository(hub_cache, "someone/tiny-vit", source.state_dict(), config)
+    module = ViTClassifier(num_classes=3, pretrained="hf-hub:someone/tiny-vit", **TINY)
+    assert torch.equal(module.net.head.weight, source.head.weight)  # same class count: head kept
+    assert module.architecture == "vit_tiny_patch16_224"
+    from vit.pretrained import pretrained_settings
+
+    settings = pretrained_settings("hf-hub:someone/tiny-vit", "ignored")
+    assert settings["data.mean"] == [0.1, 0.2, 0.3] and settings["data.interpolation"] == "bilinear"
+    assert settings["model.model_name"] == "vit_tiny_patch16_224" and settings["model.img_size"] == 32
+
+
+def test_fit_with_a_tag_takes_the_pretrained_preprocessing(
+    hub_cache: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    from vit.cli import main as vit_main
+
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=1000, **TINY)
+    cached_repository(hub_cache, f"timm/{TAG}", source.state_dict())
+    run = tmp_path / "run"
+    assert vit_main(["fit", "--data.root", str(tiny_data), "--model.pretrained", TAG, "--model.img_size", "32",
+                     "--model.patch_size", "8", "--model.embed_dim", "32", "--model.depth", "2",
+                     "--model.num_heads", "2", "--data.batch_size", "8", "--data.num_workers", "0",
+                     "--trainer.max_steps", "2", "--trainer.default_root_dir", str(run),
+                     "--trainer.enable_progress_bar", "false"]) == 0  # fmt: skip
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["vit"]
+    cfg = timm.models.get_pretrained_cfg(TAG)
+    assert state["preprocessing"]["mean"] == list(cfg.mean) == [0.5, 0.5, 0.5]
+    assert state["preprocessing"]["crop_pct"] == cfg.crop_pct == 0.9
+    assert state["preprocessing"]["interpolation"] == cfg.interpolation
+    assert state["model"]["name"] == "vit_tiny_patch16_224"
+
+
+def test_offline_and_not_cached_is_a_clear_error_and_writes_nothing(
+    hub_cache: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vit.cli import main as vit_main
+
+    run = tmp_path / "run"
+    code = vit_main(["fit", "--data.root", str(tiny_data), "--model.pretrained", TAG, "--model.img_size", "32",
+                     "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    message = capsys.readouterr().err
+    assert code == 2
+    assert TAG in message and str(hub_cache) in message and f"hf download timm/{TAG}" in message
+    assert not run.exists()
+
+
+def test_unknown_tag_names_the_known_ones() -> None:
+    from vit.pretrained import PretrainedUnavailable
+
+    with pytest.raises(PretrainedUnavailable, match="augreg_in21k_ft_in1k"):
+        ViTClassifier(num_classes=3, pretrained="vit_tiny_patch16_224.no_such_tag", **TINY)

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import lightning.pytorch.callbacks.timer as timer_module
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.imagegen import write_class_folder
@@ -54,18 +55,24 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def budget_run(
-    data: Path, run_dir: Path, clock: dict[str, float], stop_after: int | None = None, **kwargs: object
+    data: Path,
+    run_dir: Path,
+    clock: dict[str, float],
+    stop_after: int | None = None,
+    budget_s: int = BUDGET_S,
+    max_steps: int = -1,
+    **kwargs: object,
 ) -> tuple[pl.Trainer, ViTClassifier, StepClock]:
     dm = ImageFolderDataModule(str(data), img_size=32, batch_size=8, num_workers=0)
     model = ViTClassifier(
-        img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, lr=LR, warmup=WARMUP,
-        min_lr_ratio=MIN_LR_RATIO, class_names=dm.class_names, preprocessing=dm.preprocessing_dict,
-        **kwargs,
+        img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, lr=LR, min_lr_ratio=MIN_LR_RATIO,
+        class_names=dm.class_names, preprocessing=dm.preprocessing_dict, **{"warmup": WARMUP, **kwargs},
     )  # fmt: skip
     recorder = StepClock(clock, stop_after)
     trainer = pl.Trainer(
-        max_time={"seconds": BUDGET_S},
+        max_time={"seconds": budget_s},
         max_epochs=-1,
+        max_steps=max_steps,
         callbacks=[recorder, ModelCheckpoint(dirpath=run_dir, save_last=True)],
         logger=False,
         enable_progress_bar=False,
@@ -150,3 +157,59 @@ def test_budget_option_runs_until_the_budget_not_max_epochs(
               "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(tmp_path),
               "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert seen == {"max_epochs": 3, "duration": 90.0}
+
+
+@pytest.mark.parametrize(
+    ("budget_s", "max_steps", "ends_at", "which"), [(12, 30, 12, "time limit"), (100, 8, 8, "8 steps")]
+)
+def test_with_both_limits_the_schedule_follows_the_earlier_one(
+    data: Path, tmp_path: Path, clock: dict[str, float], caplog: pytest.LogCaptureFixture,
+    budget_s: int, max_steps: int, ends_at: int, which: str,
+) -> None:  # fmt: skip
+    trainer, model, recorder = budget_run(data, tmp_path / "run", clock, budget_s=budget_s, max_steps=max_steps,
+                                          warmup=0.1)  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(model, ImageFolderDataModule(str(data), img_size=32, batch_size=8, num_workers=0))
+    assert trainer.global_step == ends_at
+    expected = [LR * warmup_cosine(k / ends_at, 0.1, MIN_LR_RATIO) for k in range(ends_at)]
+    assert recorder.lrs == pytest.approx(expected)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(LR * MIN_LR_RATIO)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("schedule:")]
+    assert f"laid over {'the ' if which == 'time limit' else ''}{which}" in line and "s/step" in line
+
+
+def test_layer_decay_gives_each_block_its_lr() -> None:
+    model = ViTClassifier(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=3, lr=LR,
+                          layer_decay=0.5)  # fmt: skip
+    optimizer = model.configure_optimizers()["optimizer"]
+    lr_of = {}
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            lr_of[names[id(parameter)]] = group["initial_lr"]
+    # timm's layer ids for 3 blocks: embeddings 0, block i -> i + 1, head and final norm 4.
+    assert lr_of["head.weight"] == pytest.approx(LR)
+    for block in range(3):
+        assert lr_of[f"blocks.{block}.attn.qkv.weight"] == pytest.approx(LR * 0.5 ** (3 - block))
+    assert lr_of["patch_embed.proj.weight"] == pytest.approx(LR * 0.5**4)
+
+
+def test_frozen_backbone_warm_up_trains_only_the_head(
+    data: Path, tmp_path: Path, clock: dict[str, float]
+) -> None:
+    trainer, model, _ = budget_run(data, tmp_path / "run", clock, freeze_backbone=0.5)
+    seen: list[tuple[bool, bool]] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, module: ViTClassifier, *args: object) -> None:
+            seen.append(
+                (module.net.blocks[0].attn.qkv.weight.requires_grad, module.net.head.weight.requires_grad)
+            )
+
+    start = model.net.blocks[0].attn.qkv.weight.detach().clone()
+    trainer.callbacks.append(Watch())
+    trainer.fit(model, ImageFolderDataModule(str(data), img_size=32, batch_size=8, num_workers=0))
+    frozen = seen.count((False, True))  # the head alone for the first half of the budget, then all
+    assert seen == [(False, True)] * frozen + [(True, True)] * (BUDGET_S - frozen)
+    assert abs(frozen - BUDGET_S / 2) <= 1
+    assert not torch.equal(model.net.blocks[0].attn.qkv.weight, start)  # trained once unfrozen
