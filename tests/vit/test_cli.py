@@ -118,3 +118,20 @@ def test_every_time_limit_lifts_the_epoch_limit(
 def test_bad_max_time_is_named() -> None:
     with pytest.raises(ValueError, match="--trainer.max_time"):
         parse_duration("soon", "--trainer.max_time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_presets_train_a_few_steps(preset: Path, tmp_path: Path) -> None:
+    from tests.imagegen import write_class_folder
+
+    data = write_class_folder(tmp_path / "data", classes=3, per_class=6, size=(40, 40))
+    run = tmp_path / "run"
+    code = main(["fit", "--config", str(preset), "--data.root", str(data), "--trainer.default_root_dir", str(run),
+                 "--trainer.max_steps", "2", "--data.batch_size", "4", "--data.num_workers", "0",
+                 "--data.cache_dir", str(tmp_path / "cache"), "--trainer.limit_val_batches", "1",
+                 "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert code == 0
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert state["vit"]["model"]["name"] == yaml.safe_load(preset.read_text())["model"]["model_name"]
