@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from serve.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, decode_image
 from vit.atomic import atomic_file, write_atomic
-from vit.folder import SPLIT_NAMES, DataError, Splits, check_image
+from vit.folder import SPLIT_NAMES, Splits, check_image, kept_splits
 
 CACHE_VERSION = 1
 CACHE_MODES = (True, False, "auto")
@@ -246,12 +246,7 @@ class CachedSplits:
             entries[split] = entry
             kept[split] = [samples[i] for i in entry.kept]
             skipped += entry.skipped
-        for split in ("train", "val"):  # the same refusal as vit.folder.drop_bad_images
-            if getattr(splits, split) and not kept[split]:
-                raise DataError(
-                    f"no readable images left in the {split} split ({len(skipped)} files skipped)"
-                )
-        return cls(Splits(splits.classes, kept["train"], kept["val"], kept["test"], skipped), entries)
+        return cls(kept_splits(splits, kept, skipped), entries)
 
     def dataset(self, split: str) -> CachedImageDataset:
         entry = self.entries[split]

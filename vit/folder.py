@@ -155,10 +155,16 @@ def drop_bad_images(splits: Splits, max_pixels: int = DEFAULT_MAX_PIXELS, worker
     bad = find_bad_images(every, max_pixels, workers)
     bad_paths = {p for p, _ in bad}
     kept = {s: [x for x in getattr(splits, s) if x[0] not in bad_paths] for s in SPLIT_NAMES}
+    return kept_splits(splits, kept, bad)
+
+
+def kept_splits(splits: Splits, kept: dict[str, list[Sample]], skipped: list[tuple[str, str]]) -> Splits:
+    """``splits`` reduced to the ``kept`` samples of each split, remembering the ``skipped`` files;
+    a DataError when a train or val split that had files has none left (both loader paths)."""
     for split in ("train", "val"):
         if getattr(splits, split) and not kept[split]:
-            raise DataError(f"no readable images left in the {split} split ({len(bad)} files skipped)")
-    return Splits(splits.classes, kept["train"], kept["val"], kept["test"], skipped=bad)
+            raise DataError(f"no readable images left in the {split} split ({len(skipped)} files skipped)")
+    return Splits(splits.classes, kept["train"], kept["val"], kept["test"], skipped=skipped)
 
 
 def format_skip_report(skipped: list[tuple[str, str]], limit: int = 50) -> str:

@@ -119,3 +119,10 @@ def test_split_with_only_bad_files_is_an_error(tmp_path: Path) -> None:
             (tmp_path / "d" / name / f"{i}.jpg").write_bytes(b"nope")
     with pytest.raises(DataError, match="no readable images"):
         drop_bad_images(discover(tmp_path / "d"))
+    from serve.preprocess import Preprocessing
+    from vit.cache import open_cache
+
+    with pytest.raises(DataError, match="no readable images"):  # the decoded-cache path: the same refusal
+        open_cache(
+            discover(tmp_path / "d"), Preprocessing(input_size=(8, 8)), True, tmp_path / "cache", side=8
+        )
