@@ -144,6 +144,8 @@ def suggest_defaults(root: str | Path, gpu: bool | None = None) -> dict[str, Any
         "trainer.precision": choose_precision(),
         "trainer.gradient_clip_val": 1.0,
     }
+    if small:  # eval_crop_pct 1.0 stores training images at img_size: the cache need not probe again
+        suggested["data.cache_size"] = img_size
     if model["model.model_name"] == SMALL_IMAGE_MODEL:
         # The CIFAR-10 recipe's optimisation (configs/cifar10.yaml), LR scaled with the batch.
         suggested.update({"model.lr": 2e-3 * batch / 128, "model.ema_decay": 0.999})
