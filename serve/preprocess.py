@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -198,21 +198,98 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+# Conversions run on bands of about this many pixels: the float64 rescale of a 16-bit image
+# and the alpha flattening need several full-size temporaries (28 and 16 bytes per pixel),
+# which on a 40 Mpx image is 1.1 GB and 640 MB; by bands they cost 8 to 30 MB whatever the size.
+BAND_PIXELS = 1 << 20
+
+
+def _rescale_wide(image: Image.Image, top: float) -> Image.Image:
+    """16-bit, 32-bit integer and float pixels -> 8-bit RGB, ``top`` mapped to 255."""
+    # PIL's own convert() clips these to 0..255 instead of rescaling them.
+    array = np.asarray(image, dtype=np.float64)
+    array = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(array, "L").convert("RGB")
+
+
+def _converter(image: Image.Image) -> Callable[[Image.Image], Image.Image]:
+    """The per-pixel conversion of ``image``'s mode to 8-bit RGB (decided once, for every band)."""
+    if image.mode in WIDE_MODES:
+        # The scale is the whole image's (from band maxima, so no full-size copy is made).
+        high = np.max([np.asarray(band).max(initial=0) for band in _bands(image)], initial=0)
+        top = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+        return lambda band: _rescale_wide(band, top)
+    if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        return _flatten_alpha
+    return lambda band: band.convert("RGB")
+
+
+def _bands(image: Image.Image) -> Iterator[Image.Image]:
+    """``image`` as horizontal strips of about :data:`BAND_PIXELS` pixels (the image itself if smaller)."""
+    width, height = image.size
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    if rows >= height:
+        yield image
+        return
+    for top in range(0, height, rows):
+        yield image.crop((0, top, width, min(top + rows, height)))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB (16-bit and float modes rescaled, alpha flattened on white)."""
+    """Any PIL mode -> 8-bit RGB (16-bit and float modes rescaled, alpha flattened on white).
+
+    Every conversion is per pixel, so converting band by band gives the same pixels as
+    converting at once while the temporaries stay the size of one band.
+    """
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # PIL's own convert() clips these to 0..255 instead of rescaling them.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        array = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(array, "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        image.mode == "P" and "transparency" in image.info
-    ):
-        return _flatten_alpha(image)
-    return image.convert("RGB")
+    convert = _converter(image)
+    width, height = image.size
+    if width * height <= BAND_PIXELS:
+        return convert(image)
+    out = Image.new("RGB", image.size)
+    y = 0
+    for band in _bands(image):
+        out.paste(convert(band), (0, y))
+        y += band.height
+    return out
+
+
+def check_size(image: Image.Image, name: str, max_pixels: int, preprocessing: Preprocessing | None) -> None:
+    """Refuse, before decoding, an image above ``max_pixels`` at the source or after the resize.
+
+    The resize step can make an image far larger than its source: under a centre-crop policy
+    a 1 x 200,000 strip becomes 256 x 51,200,000 before the crop. The JPEG draft stage is
+    never larger than the source, and every later stage never larger than these two.
+    """
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+        )
+    if preprocessing is None:
+        return
+    # EXIF orientation may swap the sides, and reading it decodes a PNG: check both ways.
+    for w, h in ((width, height), (height, width)):
+        resized_w, resized_h = preprocessing.resized_size(w, h)
+        if resized_w * resized_h > max_pixels:
+            crop_h, crop_w = preprocessing.input_size
+            raise ImageTooLargeError(
+                f"{name}: {w}x{h} would be resized to {resized_w}x{resized_h} = "
+                f"{resized_w * resized_h} pixels before the {crop_w}x{crop_h} crop, "
+                f"above the limit of {max_pixels}"
+            )
+
+
+def _draft_target(image: Image.Image, preprocessing: Preprocessing) -> tuple[int, int]:
+    """The resize target in the stored (unrotated) frame of a JPEG, where ``draft`` works."""
+    width, height = image.size
+    if image.getexif().get(0x0112) in (5, 6, 7, 8):  # JPEG's EXIF is read with its header
+        resized_w, resized_h = preprocessing.resized_size(height, width)
+        return resized_h, resized_w
+    return preprocessing.resized_size(width, height)
 
 
 def decode_image(
@@ -224,9 +301,11 @@ def decode_image(
 ) -> Image.Image:
     """Bytes or a path -> upright 8-bit RGB PIL image; :class:`ImageError` says why not.
 
-    EXIF orientation is applied, animated images give their first frame, and images above
-    ``max_pixels`` are refused before their pixels are decoded. With ``preprocessing`` and
-    ``jpeg_draft`` set, large JPEGs are decoded at reduced scale (never below the resize target).
+    EXIF orientation is applied and animated images give their first frame. Only ``formats``
+    are opened (any other is :class:`UnsupportedImageError` before its plugin runs). Images
+    above ``max_pixels`` at the source, or with ``preprocessing`` after its resize, are refused
+    before their pixels are decoded. With ``jpeg_draft`` set, large JPEGs are decoded at
+    reduced scale (never below the resize target).
     """
     name = str(source) if isinstance(source, (str, Path)) else "image"
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
@@ -234,16 +313,12 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(stream, formats=list(formats))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-                )
+            check_size(image, name, max_pixels, preprocessing)
             if preprocessing is not None and preprocessing.jpeg_draft and image.format == "JPEG":
-                scale_w, scale_h = preprocessing.resized_size(width, height)
-                image.draft(None, (scale_w, scale_h))
+                image.draft(None, _draft_target(image, preprocessing))
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            # In place: a transposed copy only when the orientation asks for one.
+            ImageOps.exif_transpose(image, in_place=True)
             return _to_rgb(image)
     except ImageError:
         raise
