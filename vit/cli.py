@@ -111,7 +111,8 @@ def pretrained_data_settings(config: Any) -> dict[str, Any]:
     chosen = {}
     for key, value in pretrained_settings(spec, config.model.model_name).items():
         name = key.removeprefix("data.")
-        if key.startswith("data.") and _same(config.data.get(name), defaults.get(name)):
+        current = config.data.get(name)
+        if key.startswith("data.") and _same(current, defaults.get(name)) and not _same(current, value):
             chosen[name] = value
     return chosen
 
