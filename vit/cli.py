@@ -25,6 +25,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("vit.explain", "attention-rollout overlays for images"),
     "serve": ("serve.cli", "HTTP server for an ONNX file (torch-free)"),
     "demo": ("vit.demo", "digits demo: data set, training, export, prediction"),
+    "doctor": ("vit.doctor", "find duplicates, leaks, conflicts and likely label errors in a folder"),
 }
 DEFAULT_ROOT = "runs/vit"
 DEFAULT_MAX_EPOCHS = 100  # without a time limit; with one, training runs until the time is spent

@@ -23,6 +23,7 @@ from torch.utils.data import (
 from serve.preprocess import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_image
 from vit.augment import BatchAugment, check_policy, guard_posterize, normalize
 from vit.cache import CACHE_MODES, CachedImageDataset, CachedSplits, open_cache
+from vit.doctor import log_fit_warning
 from vit.folder import Sample, Splits, discover, drop_bad_images, format_skip_report
 
 
@@ -177,6 +178,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.splits = drop_bad_images(self.splits, self.hparams.max_pixels)
             if self.splits.skipped:
                 rank_zero_info(format_skip_report(self.splits.skipped))
+        log_fit_warning(stage, self.splits, hp.root, hp.val_fraction, hp.seed)  # vit doctor's cheap checks
         counts = self.splits.class_counts("train")
         rank_zero_info(
             f"{len(self.splits.classes)} classes, {len(self.splits.train)} train / {len(self.splits.val)} val"
