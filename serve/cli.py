@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import uvicorn
 
 from serve.app import create_app
 from serve.engine import EngineError
+from serve.http import guarded_protocol
 from serve.settings import Settings, load_settings
 from serve.state import open_engine
 
@@ -33,6 +35,23 @@ def configure_logging(level: str) -> None:
     access.propagate = False
 
 
+def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """uvicorn's settings: the guarded httptools protocol (serve/http.py) and the HTTP limits."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_s),
+        ws="none",  # no WebSocket routes: an Upgrade header is an ordinary request
+        timeout_keep_alive=settings.timeout_keep_alive_s,  # type: ignore[arg-type]  # any number works
+        limit_concurrency=settings.limit_concurrency or None,
+        log_level=settings.log_level,
+        access_log=False,  # serve.access writes the structured one
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
+        server_header=False,
+    )
+
+
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
     try:
@@ -41,16 +60,7 @@ def run(settings: Settings) -> int:
         print(f"vit serve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, engine, background_load=True, handle_sighup=True)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # serve.access writes the structured one
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(settings, app))
     server.run()
     return 0 if server.started else 1
 
