@@ -53,9 +53,10 @@ class FolderStats:
     grey: bool = False  # (nearly) every probed image is single-channel
 
 
-def scan(root: str | Path, probe: int = 256) -> FolderStats:
-    """Class and image counts plus median sides of up to ``probe`` evenly spaced training files."""
-    splits = discover(root)
+def scan(root: str | Path, probe: int = 256, remember: bool = False) -> FolderStats:
+    """Class and image counts plus median sides of up to ``probe`` evenly spaced training files;
+    ``remember`` hands the folder scan on to the data module (:func:`vit.folder.discover`)."""
+    splits = discover(root, remember=remember)
     paths = [path for path, _ in splits.train + splits.val]
     step = max(1, len(paths) // probe)
     sizes, grey = [], 0
@@ -119,7 +120,7 @@ def choose_model(img_size: int, train_images: int, gpu: bool) -> dict[str, Any]:
     return {"model.model_name": "vit_small_patch16_224" if large else "vit_tiny_patch16_224"}
 
 
-def suggest_defaults(root: str | Path, gpu: bool | None = None) -> dict[str, Any]:
+def suggest_defaults(root: str | Path, gpu: bool | None = None, remember: bool = False) -> dict[str, Any]:
     """Dotted LightningCLI keys -> values for a folder, e.g. ``{"model.img_size": 32, …}``.
 
     ``gpu`` defaults to whether CUDA is available. Every value is only a starting point: keys
@@ -128,7 +129,7 @@ def suggest_defaults(root: str | Path, gpu: bool | None = None) -> dict[str, Any
     import torch
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
-    stats = scan(root)
+    stats = scan(root, remember=remember)
     img_size = choose_img_size(stats.short_side)
     small = img_size <= 64
     batch = choose_batch_size(img_size, stats.train_images)
@@ -166,7 +167,7 @@ FINETUNE = {
 
 
 def finetune_defaults(
-    root: str | Path, pretrained: str, model_name: str = "vit_tiny_patch16_224"
+    root: str | Path, pretrained: str, model_name: str = "vit_tiny_patch16_224", remember: bool = False
 ) -> dict[str, Any]:
     """Defaults for ``vit fit --data.root DIR --model.pretrained WEIGHTS``: fine-tuning.
 
@@ -175,7 +176,7 @@ def finetune_defaults(
     """
     from vit.pretrained import pretrained_settings
 
-    stats = scan(root)
+    stats = scan(root, remember=remember)
     network = pretrained_settings(pretrained, model_name)
     img_size = int(network.get("model.img_size", choose_img_size(stats.short_side)))
     batch = choose_batch_size(img_size, stats.train_images)

@@ -91,7 +91,11 @@ def automatic_defaults(argv: list[str]) -> dict[str, Any]:
     from vit.autoconfig import finetune_defaults, suggest_defaults
 
     pretrained = argument_value(argv, "model.pretrained")
-    chosen = finetune_defaults(root, pretrained) if pretrained else suggest_defaults(root)
+    # remember=True: the data module takes this folder scan instead of walking the folder again
+    if pretrained:
+        chosen = finetune_defaults(root, pretrained, remember=True)
+    else:
+        chosen = suggest_defaults(root, remember=True)
     suggested = {k: v for k, v in chosen.items() if k not in user_keys}
     print(
         f"vit fit: no config given; {'fine-tuning ' if pretrained else ''}defaults chosen from the data: "

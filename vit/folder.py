@@ -96,9 +96,27 @@ def _check_same_classes(reference: list[str], other: dict[str, list[Path]], fold
         )
 
 
-def discover(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> Splits:
-    """Find classes and split files (no decoding yet; see :func:`find_bad_images`)."""
-    root = Path(root).expanduser()
+# One folder scan per `vit fit`: the automatic defaults scan with remember=True and the data
+# module's scan of the same folder and split takes that result (once) instead of walking again.
+_REMEMBERED: dict[tuple[str, float, int], Splits] = {}
+
+
+def discover(root: str | Path, val_fraction: float = 0.1, seed: int = 0, remember: bool = False) -> Splits:
+    """Find classes and split files (no decoding yet; see :func:`find_bad_images`).
+
+    ``remember``: keep the result for the next call with the same folder and split, which takes
+    it instead of scanning again (one hand-over, for a scan that is about to be repeated).
+    """
+    key = (str(Path(root).expanduser().resolve()), float(val_fraction), int(seed))
+    if not remember and key in _REMEMBERED:
+        return _REMEMBERED.pop(key)
+    splits = _discover(Path(root).expanduser(), val_fraction, seed)
+    if remember:
+        _REMEMBERED[key] = splits
+    return splits
+
+
+def _discover(root: Path, val_fraction: float, seed: int) -> Splits:
     if (root / "train").is_dir():
         train_files = scan_class_folders(root / "train")
         classes = sorted(train_files)

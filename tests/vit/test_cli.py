@@ -135,3 +135,18 @@ def test_presets_train_a_few_steps(preset: Path, tmp_path: Path) -> None:
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
     assert state["vit"]["model"]["name"] == yaml.safe_load(preset.read_text())["model"]["model_name"]
+
+
+def test_the_automatic_path_scans_the_folder_once(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vit.folder as folder
+    from vit.cli import automatic_defaults
+    from vit.data import ImageFolderDataModule
+
+    scans: list[Path] = []
+    real = folder.scan_class_folders
+    monkeypatch.setattr(folder, "scan_class_folders", lambda root: (scans.append(root), real(root))[1])
+    automatic_defaults(["fit", "--data.root", str(tiny_folder)])
+    data = ImageFolderDataModule(str(tiny_folder), img_size=32)
+    assert len(scans) == 1 and len(data.splits.train) == 33
+    ImageFolderDataModule(str(tiny_folder), img_size=32)  # the hand-over is used once, then scans again
+    assert len(scans) == 2
