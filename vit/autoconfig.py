@@ -25,6 +25,7 @@ folder and sets nothing else:
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,10 @@ def suggest_defaults(root: str | Path, gpu: bool | None = None, remember: bool =
         "trainer.precision": choose_precision(),
         "trainer.gradient_clip_val": 1.0,
     }
-    if small:  # eval_crop_pct 1.0 stores training images at img_size: the cache need not probe again
-        suggested["data.cache_size"] = img_size
+    # The decoded cache's stored training side (vit.cache.train_side's rule) from this probe, so
+    # the cache need not open the headers again.
+    scale_size = math.floor(img_size / suggested["data.eval_crop_pct"])
+    suggested["data.cache_size"] = max(img_size, min(scale_size, stats.short_side))
     if model["model.model_name"] == SMALL_IMAGE_MODEL:
         # The CIFAR-10 recipe's optimisation (configs/cifar10.yaml), LR scaled with the batch.
         suggested.update({"model.lr": 2e-3 * batch / 128, "model.ema_decay": 0.999})
