@@ -102,6 +102,7 @@ def test_suggestions_for_photos(tmp_path: Path) -> None:
     assert suggested["model.img_size"] == 224 and suggested["model.patch_size"] == 16
     assert suggested["model.model_name"] == "vit_tiny_patch16_224"
     assert suggested["data.cache"] == "auto" and suggested["data.eval_crop_pct"] == 0.875
+    assert suggested["data.cache_size"] == 256  # 224 / 0.875, below the 300 px shorter side: no second probe
 
 
 def test_recipe_config_parses_and_trains_a_few_steps(tmp_path: Path) -> None:
