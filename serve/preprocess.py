@@ -319,7 +319,12 @@ def decode_image(
             image.load()
             # In place: a transposed copy only when the orientation asks for one.
             ImageOps.exif_transpose(image, in_place=True)
-            return _to_rgb(image)
+            rgb = _to_rgb(image)
+            if rgb is image and image.format == "WEBP":
+                # Pillow's WebP file keeps libwebp's canvas and the decoded bytes (8 bytes per
+                # pixel) for as long as it lives: hand back a plain copy instead.
+                rgb = image.copy()
+            return rgb
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
