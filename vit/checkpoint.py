@@ -6,7 +6,7 @@ writes checkpoints during ``vit fit`` is :mod:`vit.callbacks`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ class LoadedModel:
     preprocessing: Preprocessing
     model_name: str
     model_config: dict[str, Any]
+    # checkpoint["vit"] (calibration and training facts from the end of `vit fit`) + run settings
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def load_checkpoint(path: str | Path) -> LoadedModel:
@@ -50,4 +52,9 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
         preprocessing=Preprocessing.from_dict(info["preprocessing"]),
         model_name=info["model"]["name"],
         model_config=dict(info["model"]["config"]),
+        info={
+            **info,
+            "hyper_parameters": dict(checkpoint.get("hyper_parameters") or {}),
+            "data": dict(checkpoint.get("datamodule_hyper_parameters") or {}),
+        },
     )

@@ -7,8 +7,9 @@ flags. Torch is imported only when a checkpoint is opened.
 
 from __future__ import annotations
 
+import typing
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import numpy as np
 
 from serve.metadata import ModelMetadata
 from serve.preprocess import Preprocessing
+from serve.settings import Device
+from serve.trust import Trust
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES: tuple[str, ...] = typing.get_args(Device)  # the server's choices: one list for both
 
 
 class ModelLoadError(ValueError):
@@ -45,6 +48,7 @@ class Classifier:
     labels: list[str]
     preprocessing: Preprocessing
     description: str
+    trust: Trust = field(default_factory=Trust)  # calibration and OOD rule (serve/trust.py)
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """float32 [N, 3, H, W] -> {"logits": [N, classes], ...}."""
@@ -76,6 +80,7 @@ class OnnxClassifier(Classifier):
             labels=metadata.labels,
             preprocessing=metadata.preprocessing,
             description=f"{name} (onnxruntime {provider}, {metadata.precision})",
+            trust=Trust.from_metadata(metadata),
             session=session,
             metadata=metadata,
         )
@@ -112,6 +117,7 @@ class TorchClassifier(Classifier):
             labels=loaded.labels,
             preprocessing=loaded.preprocessing,
             description=f"{path} (torch {device})",
+            trust=Trust((loaded.info.get("calibration") or {}).get("temperature", 1.0)),
             net=loaded.net.to(device),
             device=device,
         )

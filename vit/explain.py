@@ -12,14 +12,14 @@ import argparse
 import pickle
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from serve.engine import softmax, top_k
 from serve.preprocess import ImageError, Preprocessing, decode_image
 from serve.render import explanation_figure, png_bytes
+from serve.trust import Trust, softmax, top_k
 from vit.arguments import parse_or_exit_code
 from vit.atomic import write_atomic
 
@@ -38,6 +38,7 @@ class Explanation:
     logits: np.ndarray  # [N, classes]
     maps: np.ndarray  # [N, grid_h, grid_w], each summing to 1
     heads: np.ndarray | None  # [N, heads, grid_h, grid_w] last-layer attention, or None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. the in-graph OOD score
 
     @property
     def probs(self) -> np.ndarray:
@@ -52,6 +53,7 @@ class Explainer:
     describe: str  # the method line of the caption
     head_note: str  # what the per-head grid shows, or why there is none
     run: Callable[[np.ndarray], Explanation]
+    trust: Trust = field(default_factory=Trust)  # the caption's scores are calibrated (serve/trust.py)
 
 
 def checkpoint_explainer(path: Path, method: str, head_fusion: str, discard_ratio: float) -> Explainer:
@@ -85,7 +87,8 @@ def checkpoint_explainer(path: Path, method: str, head_fusion: str, discard_rati
     else:
         describe = f"last-layer attention ({head_fusion} over heads); read from {readout}"
     note = f"per head: block {len(net.blocks)} (last) attention"
-    return Explainer(loaded.labels, loaded.preprocessing, describe, note, run)
+    trust = Trust((loaded.info.get("calibration") or {}).get("temperature", 1.0))
+    return Explainer(loaded.labels, loaded.preprocessing, describe, note, run, trust)
 
 
 def onnx_explainer(path: Path) -> Explainer:
@@ -112,12 +115,19 @@ def onnx_explainer(path: Path) -> Explainer:
     model_input = session.get_inputs()[0]
     dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
 
+    trust = Trust.from_metadata(meta)
+    score = [trust.score_output] if trust.score_output in outputs else []
+
     def run(batch: np.ndarray) -> Explanation:
-        logits, maps = session.run([logits_name, attention_name], {model_input.name: batch.astype(dtype)})
-        return Explanation(np.asarray(logits, np.float32), np.asarray(maps, np.float32), None)
+        results = session.run([logits_name, attention_name, *score], {model_input.name: batch.astype(dtype)})
+        extra = {score[0]: results[2]} if score else {}
+        return Explanation(
+            np.asarray(results[0], np.float32), np.asarray(results[1], np.float32), None, extra
+        )
 
     note = "per-head maps need the checkpoint (the ONNX file carries only the rollout map)"
-    return Explainer(meta.labels, meta.preprocessing, "attention rollout as exported (ONNX)", note, run)
+    describe = "attention rollout as exported (ONNX)"
+    return Explainer(meta.labels, meta.preprocessing, describe, note, run, trust)
 
 
 def output_paths(images: list[Path], out_dir: Path) -> list[Path]:
@@ -149,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--discard-ratio", type=float, default=None, help="rollout: drop this share of weakest links (0)"
     )
     parser.add_argument("--top-k", type=int, default=3, help="labels in the caption (default: 3)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default: 0.5)")
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="heatmap opacity where attention peaks, in [0, 1] (0.5)"
+    )
     parser.add_argument("--size", type=int, default=256, help="shorter side of the drawn image in pixels")
     parser.add_argument("--batch-size", type=int, default=16)
     return parser
@@ -208,9 +220,14 @@ def main(argv: list[str]) -> int:
         if not batch:
             continue
         result = explainer.run(np.stack(batch))
+        verdicts = explainer.trust.apply({"logits": result.logits, **result.extra})
         for i, (view, (image_path, out)) in enumerate(zip(views, outs, strict=True)):
-            best = top_k(result.logits[i], explainer.labels, args.top_k)
+            best = top_k(verdicts.probabilities[i], explainer.labels, args.top_k)
             top = ", ".join(f"{p.label} {100 * p.score:.1f}%" for p in best)
+            score = verdicts.ood_score(i)
+            if score is not None:
+                verdict = "not one of the known classes" if verdicts.unknown[i] else "known"
+                top += f"; OOD score {score:.3g} ({verdict})"
             lines = [f"{image_path.name}: {top}", explainer.describe, explainer.head_note]
             heads = result.heads[i] if result.heads is not None else None
             labels = [f"head {h}" for h in range(len(heads))] if heads is not None else None

@@ -1,5 +1,9 @@
 """``vit predict MODEL IMAGE|DIR…``: top-k labels per image from an ONNX file or a checkpoint.
 
+Scores are calibrated probabilities and every image carries its OOD score and "unknown" flag,
+all from :mod:`serve.trust` (as the server reports them). JSON/CSV also repeat each ``score``
+as ``probability``: the old name, deprecated, kept for one release.
+
 Preprocessing comes from the model (ONNX metadata or checkpoint), never from flags. Folders are
 walked recursively for image files; a file that is missing or not an image is reported on stderr
 with the reason and skipped, and the exit code is 1 when that happened (2 for usage errors).
@@ -18,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve.engine import top_k
 from serve.metadata import MetadataError
+from serve.trust import top_k
 from vit.arguments import parse_or_exit_code
 from vit.batches import image_batches
 from vit.classifier import DEVICES, Classifier, ModelLoadError, load_classifier
@@ -30,7 +34,14 @@ from vit.folder import is_image_file
 class Prediction:
     path: str
     labels: list[str]
-    probabilities: list[float]
+    scores: list[float]  # calibrated probabilities, best first
+    ood_score: float | None = None  # None: the model has no OOD score
+    unknown: bool = False
+
+    @property
+    def probabilities(self) -> list[float]:
+        """Deprecated name of :attr:`scores` (one release)."""
+        return self.scores
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -80,10 +91,17 @@ def predict_paths(
         for batch in image_batches(paths, classifier.preprocessing, batch_size, workers):
             failed += [(str(p), reason) for p, reason in batch.failed]
             if len(batch.items):
-                for path, row in zip(batch.items, classifier.logits(batch.images), strict=True):
-                    best = top_k(row, classifier.labels, k)
+                verdicts = classifier.trust.apply(classifier.run(batch.images))
+                for i, path in enumerate(batch.items):
+                    best = top_k(verdicts.probabilities[i], classifier.labels, k)
                     predictions.append(
-                        Prediction(str(path), [p.label for p in best], [p.score for p in best])
+                        Prediction(
+                            str(path),
+                            [p.label for p in best],
+                            [p.score for p in best],
+                            verdicts.ood_score(i),
+                            bool(verdicts.unknown[i]),
+                        )
                     )
             advance(len(batch.items) + len(batch.failed))
     return predictions, failed
@@ -96,9 +114,11 @@ def format_predictions(predictions: list[Prediction], fmt: str, k: int) -> str:
             {
                 "path": p.path,
                 "predictions": [
-                    {"label": label, "probability": prob}
-                    for label, prob in zip(p.labels, p.probabilities, strict=True)
+                    {"label": label, "score": score, "probability": score}
+                    for label, score in zip(p.labels, p.scores, strict=True)
                 ],
+                "ood_score": p.ood_score,
+                "unknown": p.unknown,
             }
             for p in predictions
         ]
@@ -107,24 +127,28 @@ def format_predictions(predictions: list[Prediction], fmt: str, k: int) -> str:
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
+        names = ("label", "score", "probability")
         writer.writerow(
-            ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "probability")]
+            ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in names] + ["ood_score", "unknown"]
         )
         for p in predictions:
-            writer.writerow(
-                [p.path]
-                + [
-                    v
-                    for pair in zip(p.labels, p.probabilities, strict=True)
-                    for v in (pair[0], f"{pair[1]:.6f}")
-                ]
-            )
+            cells = [
+                v
+                for label, score in zip(p.labels, p.scores, strict=True)
+                for v in (label, f"{score:.6f}", f"{score:.6f}")
+            ]
+            cells += [""] * (3 * (k - len(p.labels)))
+            ood = "" if p.ood_score is None else f"{p.ood_score:.6g}"
+            writer.writerow([p.path, *cells, ood, str(p.unknown).lower()])
         return buffer.getvalue().rstrip("\n")
     cells = [
-        [p.path] + [f"{label} {prob:.3f}" for label, prob in zip(p.labels, p.probabilities, strict=True)]
+        [p.path]
+        + [f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores, strict=True)]
+        + [""] * (k - len(p.labels))
+        + ["n/a" if p.ood_score is None else f"{p.ood_score:.4g}", "yes" if p.unknown else "no"]
         for p in predictions
     ]
-    header = ["path"] + [f"top-{i}" for i in range(1, k + 1)]
+    header = ["path"] + [f"top-{i}" for i in range(1, k + 1)] + ["ood_score", "unknown"]
     widths = [max(len(row[i]) for row in [header, *cells] if i < len(row)) for i in range(len(header))]
     return "\n".join(
         "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip() for row in [header, *cells]

@@ -57,6 +57,41 @@ def test_clean_folder_exits_zero(tiny_onnx: Path, tiny_data: Path, tmp_path: Pat
     assert "top-1" in capsys.readouterr().out
 
 
+def test_calibration_numbers_and_reliability_diagram(
+    tiny_onnx: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    code, report = run_eval(tiny_onnx, tiny_data, tmp_path / "out")
+    assert code == 0
+    calibration = report["calibration"]
+    assert report["ece"] == calibration["after"]["ece"] and report["nll"] == calibration["after"]["nll"]
+    assert report["ece_uncalibrated"] == calibration["before"]["ece"]
+    assert (
+        calibration["before"]["top1"] == calibration["after"]["top1"] == report["top1"]
+    )  # T changes no answer
+    assert calibration["temperature"] > 0 and 0.0 <= report["ece"] <= 1.0 and report["brier"] >= 0.0
+    assert "ood_auroc" not in report
+    with Image.open(tmp_path / "out" / "reliability.png") as picture:
+        assert picture.format == "PNG"
+
+
+def test_ood_folder_adds_auroc_and_fpr95(tiny_onnx: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(other / f"noise{i}.png")
+    code, report = run_eval(tiny_onnx, tiny_data, tmp_path / "out", "--ood", str(other))
+    assert code == 0
+    assert 0.0 <= report["ood_auroc"] <= 1.0 and 0.0 <= report["ood_fpr95"] <= 1.0
+    assert report["ood"]["n_out"] == 6 and report["ood"]["n_in"] == report["n"]
+    assert report["ood"]["method"] == "mahalanobis"
+    assert "AUROC" in capsys.readouterr().out
+    assert (
+        main([str(tiny_onnx), str(tiny_data), "--ood", str(tmp_path / "none"), "-o", str(tmp_path / "x")])
+        == 2
+    )
+
+
 def test_split_selection(tmp_path: Path) -> None:
     write_class_folder(tmp_path / "split" / "train", per_class=4)
     write_class_folder(tmp_path / "split" / "val", per_class=2, seed=1)

@@ -33,13 +33,18 @@ def test_checkpoint_rollout_writes_one_overlay_per_image(tiny_checkpoint, tiny_d
     assert all(any(label in line for label in labels) for line in printed.splitlines())
     assert not list(out.glob(".*.tmp"))  # written atomically, no leftovers
 
-    # The top of the figure is the model's view (resized, centre-cropped) with the map blended in.
+    # The top of the figure is the model's view (resized, centre-cropped) as it is, and beside it
+    # the same view with the map blended in.
     pre = load_checkpoint(tiny_checkpoint).preprocessing
     figure = Image.open(out / "000_explain.png").convert("RGB")
-    view = pre.resize_and_crop(decode_image(images[0])).resize((256, 256), Image.Resampling.BICUBIC)
-    top = np.asarray(figure.crop((0, 0, 256, 256)), np.float32)
-    assert figure.width == 256 and figure.height > 256
-    assert np.abs(top - np.asarray(view, np.float32)).mean() > 5  # the heatmap is there
+    view = np.asarray(
+        pre.resize_and_crop(decode_image(images[0])).resize((256, 256), Image.Resampling.BICUBIC), np.float32
+    )
+    original = np.asarray(figure.crop((0, 0, 256, 256)), np.float32)
+    overlay = np.asarray(figure.crop((260, 0, 516, 256)), np.float32)
+    assert figure.width == 2 * 256 + 4 and figure.height > 256
+    assert np.abs(original - view).max() <= 1  # the original, untouched
+    assert np.abs(overlay - view).mean() > 2  # the heatmap is there
 
 
 def test_last_layer_method_and_head_fusion(tiny_checkpoint, tiny_data, tmp_path):

@@ -14,8 +14,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from serve.engine import top_k
 from serve.metadata import ModelMetadata
+from serve.trust import softmax, top_k
 from vit.batches import image_batches
 from vit.classifier import load_classifier
 from vit.predict import Prediction, format_predictions, main, predict_paths
@@ -44,7 +44,9 @@ def test_folder_with_bad_files(tiny_onnx: Path, mixed_folder: Path, tmp_path: Pa
     assert sorted(Path(r["path"]).name for r in rows) == ["good0.png", "good1.png", "good2.png"]
     for row in rows:
         assert {row["label_1"], row["label_2"]} <= {"c0", "c1", "c2"} and row["label_1"] != row["label_2"]
-        assert 1.0 >= float(row["probability_1"]) >= float(row["probability_2"]) >= 0.0
+        assert 1.0 >= float(row["score_1"]) >= float(row["score_2"]) >= 0.0
+        assert row["probability_1"] == row["score_1"]  # the deprecated name, kept for one release
+        assert float(row["ood_score"]) >= 0.0 and row["unknown"] in ("true", "false")
     assert f"{mixed_folder / 'broken.png'}: not a recognised image format" in err
     assert f"{mixed_folder / 'truncated.png'}: " in err
     assert f"{missing}: no such file" in err
@@ -64,10 +66,13 @@ def test_clean_run_and_formats(tiny_onnx: Path, mixed_folder: Path, capsys) -> N
     assert [r["path"] for r in rows] == good
     for row in rows:
         assert sorted(p["label"] for p in row["predictions"]) == ["c0", "c1", "c2"]
-        assert sum(p["probability"] for p in row["predictions"]) == pytest.approx(1.0, abs=1e-5)
+        assert sum(p["score"] for p in row["predictions"]) == pytest.approx(1.0, abs=1e-5)
+        assert all(p["probability"] == p["score"] for p in row["predictions"])
+        assert isinstance(row["ood_score"], float) and isinstance(row["unknown"], bool)
     assert main([str(tiny_onnx), good[0]]) == 0
     header, line = capsys.readouterr().out.splitlines()
-    assert header.split() == ["path", "top-1", "top-2", "top-3"] and line.startswith(good[0])
+    assert header.split() == ["path", "top-1", "top-2", "top-3", "ood_score", "unknown"]
+    assert line.startswith(good[0]) and line.split()[-1] in ("yes", "no")
 
 
 def test_onnx_and_checkpoint_agree(tiny_onnx: Path, tiny_checkpoint: Path, tiny_data: Path) -> None:
@@ -75,9 +80,7 @@ def test_onnx_and_checkpoint_agree(tiny_onnx: Path, tiny_checkpoint: Path, tiny_
     onnx_rows, _ = predict_paths(load_classifier(tiny_onnx), paths, k=3)
     torch_rows, _ = predict_paths(load_classifier(tiny_checkpoint), paths, k=3)
     assert [r.labels for r in onnx_rows] == [r.labels for r in torch_rows]
-    np.testing.assert_allclose(
-        [r.probabilities for r in onnx_rows], [r.probabilities for r in torch_rows], atol=1e-5
-    )
+    np.testing.assert_allclose([r.scores for r in onnx_rows], [r.scores for r in torch_rows], atol=1e-5)
 
 
 def test_preprocessing_comes_from_the_file(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:
@@ -93,7 +96,7 @@ def test_preprocessing_comes_from_the_file(tiny_onnx: Path, tiny_data: Path, tmp
     image = [tiny_data / "c0" / "000.png"]
     a, _ = predict_paths(original, image, k=3)
     b, _ = predict_paths(edited, image, k=3)
-    assert not np.allclose(a[0].probabilities, b[0].probabilities, atol=1e-4)
+    assert not np.allclose(a[0].scores, b[0].scores, atol=1e-4)
 
 
 def test_usage_errors(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
@@ -124,4 +127,47 @@ def test_top_k_and_table() -> None:
     scores = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
     assert [[p.index for p in top_k(row, list("abc"), 2)] for row in scores] == [[1, 2], [2, 0]]
     text = format_predictions([Prediction("a.png", ["x", "y"], [0.9, 0.1])], "table", 2)
-    assert text.splitlines()[1].split() == ["a.png", "x", "0.900", "y", "0.100"]
+    assert text.splitlines()[1].split() == ["a.png", "x", "0.900", "y", "0.100", "n/a", "no"]
+    unknown = Prediction("b.png", ["x"], [0.6], ood_score=12.5, unknown=True)
+    assert format_predictions([unknown], "table", 1).splitlines()[1].split()[-2:] == ["12.5", "yes"]
+    row = json.loads(format_predictions([unknown], "json", 1))[0]
+    assert row["ood_score"] == 12.5 and row["unknown"] is True
+    assert row["predictions"] == [{"label": "x", "score": 0.6, "probability": 0.6}]
+    lines = list(csv.DictReader(io.StringIO(format_predictions([unknown], "csv", 1))))
+    assert lines[0]["ood_score"] == "12.5" and lines[0]["unknown"] == "true"
+
+
+def rewrite_metadata(source: Path, target: Path, change) -> Path:
+    model = onnx.load(str(source))
+    props = {p.key: p.value for p in model.metadata_props}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, change(props))
+    onnx.save(model, str(target))
+    return target
+
+
+def test_file_without_trust_metadata_still_works(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:
+    def version_1(props: dict[str, str]) -> dict[str, str]:
+        kept = {k: v for k, v in props.items() if k not in ("vit.calibration", "vit.ood", "vit.card")}
+        return {**kept, "vit.schema_version": "1"}
+
+    old = rewrite_metadata(tiny_onnx, tmp_path / "v1.onnx", version_1)
+    image = [tiny_data / "c0" / "000.png"]
+    (row,), _ = predict_paths(load_classifier(old), image, k=3)
+    assert row.ood_score is None and row.unknown is False
+    classifier = load_classifier(old)
+    (batch,) = image_batches(image, classifier.preprocessing)
+    logits = classifier.logits(batch.images)
+    np.testing.assert_allclose(sorted(row.scores, reverse=True), np.sort(softmax(logits)[0])[::-1], atol=1e-5)
+
+
+def test_threshold_in_the_file_sets_unknown(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:
+    def strict(props: dict[str, str]) -> dict[str, str]:
+        ood = json.loads(props["vit.ood"])
+        return {**props, "vit.ood": json.dumps({**ood, "threshold": -1.0})}  # scores are >= 0
+
+    paths = sorted(tiny_data.rglob("*.png"))[:3]
+    rows, _ = predict_paths(load_classifier(rewrite_metadata(tiny_onnx, tmp_path / "s.onnx", strict)), paths)
+    assert [r.unknown for r in rows] == [True, True, True]
+    normal, _ = predict_paths(load_classifier(tiny_onnx), paths)
+    assert [r.ood_score for r in rows] == [r.ood_score for r in normal]
