@@ -31,14 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from vit.folder import discover
+from vit.folder import discover, mostly_grey, probe_headers
 
 IMG_SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
 SMALL_IMAGE_MODEL = "vit_resstem_nano_patch4_32"
 MIN_STEPS_PER_EPOCH = 30
-GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 # (fewer than N training images, crop scale low end, drop-path): small folders over-fit.
 REGULARISATION = ((10_000, 0.35, 0.1), (40_000, 0.6, 0.05), (float("inf"), 1.0, 0.0))
 
@@ -58,19 +55,11 @@ def scan(root: str | Path, probe: int = 256, remember: bool = False) -> FolderSt
     """Class and image counts plus median sides of up to ``probe`` evenly spaced training files;
     ``remember`` hands the folder scan on to the data module (:func:`vit.folder.discover`)."""
     splits = discover(root, remember=remember)
-    paths = [path for path, _ in splits.train + splits.val]
-    step = max(1, len(paths) // probe)
-    sizes, grey = [], 0
-    for path in paths[::step][:probe]:
-        try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
-                grey += image.mode in GREY_MODES
-        except Exception:  # noqa: BLE001, S112 - bad files are reported by the data module later
-            continue
+    headers = probe_headers([path for path, _ in splits.train + splits.val], probe)
+    sizes = [size for size, _ in headers]
     short = int(statistics.median(min(s) for s in sizes)) if sizes else IMG_SIZES[-1]
     long = int(statistics.median(max(s) for s in sizes)) if sizes else IMG_SIZES[-1]
-    is_grey = bool(sizes) and grey >= 0.9 * len(sizes)
+    is_grey = mostly_grey(headers)
     return FolderStats(len(splits.classes), len(splits.train), short, long, is_grey)
 
 

@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
 from torch.utils.data import Dataset
 
 from serve.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, decode_image
 from vit.atomic import atomic_file, write_atomic
-from vit.folder import SPLIT_NAMES, Splits, check_image, kept_splits
+from vit.folder import SPLIT_NAMES, Splits, check_image, kept_splits, probe_headers
 
 CACHE_VERSION = 1
 CACHE_MODES = (True, False, "auto")
@@ -58,14 +57,7 @@ def train_side(paths: list[str], img_size: int, eval_scale: int, probe: int = 25
     The median shorter side of up to ``probe`` evenly spaced files (headers only) caps it, so
     32 px images are kept at 32 px for a 32 px model rather than blown up to 36.
     """
-    step = max(1, len(paths) // probe)
-    sides = []
-    for path in paths[::step][:probe]:
-        try:
-            with Image.open(path) as image:
-                sides.append(min(image.size))
-        except Exception:  # noqa: BLE001, S112 - unreadable files are reported by the cache build
-            continue
+    sides = [min(size) for size, _ in probe_headers(paths, probe)]
     median = int(statistics.median(sides)) if sides else eval_scale
     return max(img_size, min(eval_scale, median))
 

@@ -24,7 +24,15 @@ from serve.preprocess import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, Pr
 from vit.augment import BatchAugment, check_policy, guard_posterize, normalize
 from vit.cache import CACHE_MODES, CachedImageDataset, CachedSplits, open_cache
 from vit.doctor import log_fit_warning
-from vit.folder import Sample, Splits, discover, drop_bad_images, format_skip_report
+from vit.folder import (
+    Sample,
+    Splits,
+    discover,
+    drop_bad_images,
+    format_skip_report,
+    mostly_grey,
+    probe_headers,
+)
 
 
 def default_num_workers() -> int:
@@ -80,7 +88,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         interpolation: resize filter for training and evaluation.
         mean, std: normalisation.
         scale: random-resized-crop area range for training.
-        hflip: horizontal-flip probability.
+        hflip: horizontal-flip probability; ``"auto"``: 0 for a grey folder (digits, text, scans:
+            a mirror image is another thing), else 0.5 (vit.folder.mostly_grey on the headers).
         auto_augment: timm policy string (e.g. ``rand-m9-mstd0.5-inc1``) or None.
         re_prob: random-erasing probability.
         color_jitter: colour-jitter strength (ignored when ``auto_augment`` is set).
@@ -108,7 +117,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         scale: tuple[float, float] = (0.08, 1.0),
-        hflip: float = 0.5,
+        hflip: float | str = 0.5,
         auto_augment: str | None = None,
         re_prob: float = 0.0,
         color_jitter: float | None = None,
@@ -122,6 +131,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.splits: Splits = discover(root, val_fraction=val_fraction, seed=seed)
+        if hflip == "auto":
+            grey = mostly_grey(probe_headers([path for path, _ in self.splits.train]))
+            self.hparams.hflip = 0.0 if grey else 0.5
+        elif isinstance(hflip, str):
+            raise ValueError(f"data.hflip must be a probability or 'auto', got {hflip!r}")
         self.preprocessing = Preprocessing(
             input_size=(img_size, img_size),
             crop_pct=eval_crop_pct,

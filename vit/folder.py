@@ -138,6 +138,27 @@ def _discover(root: Path, val_fraction: float, seed: int) -> Splits:
     return Splits(classes, train, val)
 
 
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+def probe_headers(paths: list[str], probe: int = 256) -> list[tuple[tuple[int, int], str]]:
+    """(size, mode) from the headers of up to ``probe`` evenly spaced files (nothing decoded)."""
+    step = max(1, len(paths) // probe)
+    found = []
+    for path in paths[::step][:probe]:
+        try:
+            with Image.open(path) as image:
+                found.append((image.size, image.mode))
+        except Exception:  # noqa: BLE001, S112 - bad files are reported by the image check later
+            continue
+    return found
+
+
+def mostly_grey(headers: list[tuple[tuple[int, int], str]]) -> bool:
+    """Whether at least 90% of the probed images are single-channel (digits, text, scans, X-rays)."""
+    return bool(headers) and sum(mode in GREY_MODES for _, mode in headers) >= 0.9 * len(headers)
+
+
 def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """None when ``path`` decodes completely, else the reason it cannot be used."""
     try:

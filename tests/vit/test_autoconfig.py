@@ -116,3 +116,20 @@ def test_recipe_config_parses_and_trains_a_few_steps(tmp_path: Path) -> None:
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 3
     assert checkpoint["vit"]["model"]["name"] == recipe["model"]["model_name"]
+
+
+def test_hflip_auto_follows_the_colour_of_the_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vit.data import ImageFolderDataModule
+
+    grey = tmp_path / "grey"
+    for k in range(2):
+        (grey / f"c{k}").mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (28, 28), 40 * k + i).save(grey / f"c{k}" / f"{i}.png")
+    colour = write_class_folder(tmp_path / "colour", classes=2, per_class=6, size=(28, 28))
+    assert ImageFolderDataModule(str(grey), img_size=32, hflip="auto").hparams.hflip == 0.0
+    assert ImageFolderDataModule(str(colour), img_size=32, hflip="auto").hparams.hflip == 0.5
+    with pytest.raises(ValueError, match="data.hflip"):
+        ImageFolderDataModule(str(colour), img_size=32, hflip="sometimes")
