@@ -1,12 +1,13 @@
 """HTTP protocol cost: uvicorn's plain httptools, the guarded one (serve/http.py), and h11.
 
-    flock /tmp/vit-cpu.lock .venv/bin/python scripts/bench_http.py [--rounds 3] [--seconds 4] [--header-mb 120]
+    flock /tmp/vit-cpu.lock .venv/bin/python scripts/bench_http.py [--rounds 6] [--seconds 2] [--header-mb 120]
 
 Each protocol serves the same app (``create_app`` with the tiny ONNX model of the server
 tests, so the protocol's share of the work is as large as it gets) on loopback; `wrk` (one
 thread, 32 connections) measures requests per second on ``GET /healthz`` and on ``POST
-/v1/classify`` with a 32 px PNG, rounds interleaved across protocols; the table gives medians
-and the ratio to plain httptools. Then one client sends a request head of ``--header-mb`` MB in
+/v1/classify`` with a 32 px PNG. The three servers run at once, each paused while another is
+measured, in an order that rotates every round; the table gives medians and the median of the
+per-round ratios to plain httptools (robust to other load on a shared machine). Then one client sends a request head of ``--header-mb`` MB in
 64 KB writes to each protocol while another polls ``/healthz``: what the big head gets back,
 after how long, and the slowest ``/healthz`` answer meanwhile.
 """
@@ -17,6 +18,8 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -73,10 +76,29 @@ def server(protocol: str, model: Path):
                 if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                     break
             time.sleep(0.05)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(10)
+
+
+@contextlib.contextmanager
+def paused(pid: int):
+    """Keep the server process ``pid`` stopped (SIGSTOP) except inside :func:`running`."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def running(pid: int):
+    os.kill(pid, signal.SIGCONT)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGSTOP)
 
 
 def wrk(url: str, manifest: Path, seconds: float) -> float:
@@ -135,8 +157,8 @@ def probe_head(port: int, megabytes: int) -> tuple[str, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=2)
     parser.add_argument("--header-mb", type=int, default=120)
     parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,27 +182,45 @@ def main() -> None:
         manifests["POST /v1/classify (32 px PNG)"].write_text(
             f"POST\t/v1/classify\timage/png\t{folder / 'image.png'}\n"
         )
-        rps: dict[tuple[str, str], list[float]] = {}
-        for _ in range(args.rounds):
-            for protocol in PROTOCOLS:
-                with server(protocol, model) as port:
-                    for name, manifest in manifests.items():
-                        rate = wrk(f"http://127.0.0.1:{port}", manifest, args.seconds)
-                        rps.setdefault((protocol, name), []).append(rate)
-        print(f"| requests/s (median of {args.rounds}, wrk -t1 -c32) | " + " | ".join(PROTOCOLS) + " |")
+        # All three run at once, each paused (SIGSTOP) while another is measured; the order
+        # rotates every round, and each round gives a ratio to plain httptools in that round.
+        ratios: dict[tuple[str, str], list[float]] = {}
+        rates: dict[tuple[str, str], list[float]] = {}
+        with contextlib.ExitStack() as stack:
+            started = {p: stack.enter_context(server(p, model)) for p in PROTOCOLS}
+            ports = {p: port for p, (port, _) in started.items()}
+            processes = {p: stack.enter_context(paused(pid)) for p, (_, pid) in started.items()}
+            for round_ in range(args.rounds):
+                order = PROTOCOLS[round_ % 3 :] + PROTOCOLS[: round_ % 3]
+                for name, manifest in manifests.items():
+                    measured = {}
+                    for protocol in order:
+                        with running(processes[protocol]):
+                            measured[protocol] = wrk(
+                                f"http://127.0.0.1:{ports[protocol]}", manifest, args.seconds
+                            )
+                    for protocol in PROTOCOLS:
+                        rates.setdefault((protocol, name), []).append(measured[protocol])
+                        ratios.setdefault((protocol, name), []).append(
+                            measured[protocol] / measured["httptools"]
+                        )
+        print(
+            f"| requests/s (median of {args.rounds} rounds; ratio: median of per-round ratios) | "
+            + " | ".join(PROTOCOLS)
+            + " |"
+        )
         print("|---|" + "---|" * len(PROTOCOLS))
         for name in manifests:
-            base = statistics.median(rps[("httptools", name)])
-            cells = []
-            for protocol in PROTOCOLS:
-                median = statistics.median(rps[(protocol, name)])
-                cells.append(f"{median:,.0f} ({median / base:.2f}x)")
+            cells = [
+                f"{statistics.median(rates[(p, name)]):,.0f} ({statistics.median(ratios[(p, name)]):.2f}x)"
+                for p in PROTOCOLS
+            ]
             print(f"| {name} | " + " | ".join(cells) + " |")
         print()
         print(f"| {args.header_mb} MB request head | answer | after | slowest /healthz meanwhile |")
         print("|---|---|---|---|")
         for protocol in PROTOCOLS:
-            with server(protocol, model) as port:
+            with server(protocol, model) as (port, _):
                 line, seconds, slowest = probe_head(port, args.header_mb)
             print(f"| {protocol} | {line} | {seconds:.2f} s | {slowest * 1000:.0f} ms |", flush=True)
 
