@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve.cli import main
+from serve.cli import main, uvicorn_config
+from serve.http import GuardedHttpToolsProtocol
 from serve.settings import Settings, build_parser, load_settings
 from tests.serve.conftest import free_port, image_bytes
 
@@ -174,3 +175,20 @@ def test_api_key_flag_warns_and_key_file_is_read_at_start(
     (tmp_path / "empty").write_text("")
     with pytest.raises(ValueError, match="empty"):
         load_settings(["m.onnx"], {"VIT_SERVE_API_KEY_FILE": str(tmp_path / "empty")})
+
+
+def test_uvicorn_runs_the_guarded_protocol_with_the_http_limits() -> None:
+    settings = Settings(
+        model=Path("m.onnx"),
+        max_header_bytes=2048,
+        header_timeout_s=3,
+        timeout_keep_alive_s=7,
+        limit_concurrency=0,
+    )
+    config = uvicorn_config(settings, app=None)
+    assert issubclass(config.http, GuardedHttpToolsProtocol)
+    assert (config.http.max_head_bytes, config.http.head_timeout_s) == (2048, 3)
+    assert config.timeout_keep_alive == 7 and config.limit_concurrency is None and config.ws == "none"
+    assert (
+        uvicorn_config(settings.model_copy(update={"limit_concurrency": 5}), app=None).limit_concurrency == 5
+    )
