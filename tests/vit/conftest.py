@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,17 @@ def tiny_attention_onnx(
     )
     assert report.ok, report.format()
     return report.output
+
+
+@pytest.fixture
+def mixed_folder(tiny_data: Path, tmp_path: Path) -> Path:
+    """Three good images (one per class), a corrupt one, a truncated one and a non-image file."""
+    folder = tmp_path / "inputs"
+    (folder / "sub").mkdir(parents=True)
+    for k in range(3):
+        shutil.copyfile(tiny_data / f"c{k}" / "000.png", folder / ("sub" if k else ".") / f"good{k}.png")
+    (folder / "broken.png").write_bytes(b"this is not a png")
+    data = (tiny_data / "c0" / "001.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return folder

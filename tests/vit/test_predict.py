@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +12,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from serve.metadata import ModelMetadata
 from serve.trust import softmax, top_k
 from vit.batches import image_batches
 from vit.classifier import load_classifier
 from vit.predict import Prediction, format_predictions, main, predict_paths
-
-
-@pytest.fixture
-def mixed_folder(tiny_data: Path, tmp_path: Path) -> Path:
-    """Three good images (one per class), a corrupt one, a truncated one and a non-image file."""
-    folder = tmp_path / "inputs"
-    (folder / "sub").mkdir(parents=True)
-    for k in range(3):
-        shutil.copyfile(tiny_data / f"c{k}" / "000.png", folder / ("sub" if k else ".") / f"good{k}.png")
-    (folder / "broken.png").write_bytes(b"this is not a png")
-    data = (tiny_data / "c0" / "001.png").read_bytes()
-    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
-    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
-    return folder
 
 
 def test_folder_with_bad_files(tiny_onnx: Path, mixed_folder: Path, tmp_path: Path, capsys) -> None:
@@ -75,30 +58,6 @@ def test_clean_run_and_formats(tiny_onnx: Path, mixed_folder: Path, capsys) -> N
     assert line.startswith(good[0]) and line.split()[-1] in ("yes", "no")
 
 
-def test_onnx_and_checkpoint_agree(tiny_onnx: Path, tiny_checkpoint: Path, tiny_data: Path) -> None:
-    paths = sorted(tiny_data.rglob("*.png"))[::4]
-    onnx_rows, _ = predict_paths(load_classifier(tiny_onnx), paths, k=3)
-    torch_rows, _ = predict_paths(load_classifier(tiny_checkpoint), paths, k=3)
-    assert [r.labels for r in onnx_rows] == [r.labels for r in torch_rows]
-    np.testing.assert_allclose([r.scores for r in onnx_rows], [r.scores for r in torch_rows], atol=1e-5)
-
-
-def test_preprocessing_comes_from_the_file(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:
-    model = onnx.load(str(tiny_onnx))
-    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
-    changed = dataclasses.replace(meta.preprocessing, crop_pct=0.5, mean=(0.0, 0.0, 0.0))
-    meta.preprocessing = changed
-    onnx.helper.set_model_props(model, meta.to_props())
-    copy = tmp_path / "changed.onnx"
-    onnx.save(model, str(copy))
-    original, edited = load_classifier(tiny_onnx), load_classifier(copy)
-    assert edited.preprocessing == changed and original.preprocessing != changed
-    image = [tiny_data / "c0" / "000.png"]
-    a, _ = predict_paths(original, image, k=3)
-    b, _ = predict_paths(edited, image, k=3)
-    assert not np.allclose(a[0].scores, b[0].scores, atol=1e-4)
-
-
 def test_usage_errors(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "nope.onnx"), str(tmp_path)]) == 2
     assert "nope.onnx" in capsys.readouterr().err
@@ -108,19 +67,6 @@ def test_usage_errors(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     assert main([str(tiny_onnx), str(tmp_path), "--top-k", "0"]) == 2
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert main([str(tiny_onnx), str(tmp_path), "--device", "cuda"]) == 2
-
-
-def test_batches_keep_order_and_report_failures(tiny_onnx: Path, mixed_folder: Path) -> None:
-    files = sorted(p for p in mixed_folder.rglob("*") if p.is_file())
-    preprocessing = load_classifier(tiny_onnx).preprocessing
-    batches = list(image_batches(files, preprocessing, batch_size=2))
-    assert [p for b in batches for p in b.items] == [p for p in files if p.name.startswith("good")]
-    assert sorted(p.name for b in batches for p, _ in b.failed) == [
-        "broken.png",
-        "notes.txt",
-        "truncated.png",
-    ]
-    assert all(b.images.shape == (len(b.items), 3, 32, 32) for b in batches)
 
 
 def test_top_k_and_table() -> None:
