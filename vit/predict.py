@@ -31,7 +31,9 @@ from vit.folder import is_image_file
 
 
 @dataclass
-class Prediction:
+class FileResult:
+    """One file's answer: its top-k labels and calibrated scores, OOD score and unknown flag."""
+
     path: str
     labels: list[str]
     scores: list[float]  # calibrated probabilities, best first
@@ -83,9 +85,9 @@ def predict_paths(
     batch_size: int = 32,
     workers: int = 2,
     progress: bool = False,
-) -> tuple[list[Prediction], list[tuple[str, str]]]:
+) -> tuple[list[FileResult], list[tuple[str, str]]]:
     """Top-k predictions for every decodable path, in input order, and (path, reason) failures."""
-    predictions: list[Prediction] = []
+    predictions: list[FileResult] = []
     failed: list[tuple[str, str]] = []
     with progress_bar(len(paths), progress) as advance:
         for batch in image_batches(paths, classifier.preprocessing, batch_size, workers):
@@ -95,7 +97,7 @@ def predict_paths(
                 for i, path in enumerate(batch.items):
                     best = top_k(verdicts.probabilities[i], classifier.labels, k)
                     predictions.append(
-                        Prediction(
+                        FileResult(
                             str(path),
                             [p.label for p in best],
                             [p.score for p in best],
@@ -107,7 +109,7 @@ def predict_paths(
     return predictions, failed
 
 
-def format_predictions(predictions: list[Prediction], fmt: str, k: int) -> str:
+def format_predictions(predictions: list[FileResult], fmt: str, k: int) -> str:
     """``table`` (aligned text), ``json`` (a list of objects) or ``csv`` (one row per image)."""
     if fmt == "json":
         rows = [

@@ -15,7 +15,7 @@ import pytest
 from serve.trust import softmax, top_k
 from vit.batches import image_batches
 from vit.classifier import load_classifier
-from vit.predict import Prediction, format_predictions, main, predict_paths
+from vit.predict import FileResult, format_predictions, main, predict_paths
 
 
 def test_folder_with_bad_files(tiny_onnx: Path, mixed_folder: Path, tmp_path: Path, capsys) -> None:
@@ -72,9 +72,9 @@ def test_usage_errors(tiny_onnx: Path, tmp_path: Path, capsys) -> None:
 def test_top_k_and_table() -> None:
     scores = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
     assert [[p.index for p in top_k(row, list("abc"), 2)] for row in scores] == [[1, 2], [2, 0]]
-    text = format_predictions([Prediction("a.png", ["x", "y"], [0.9, 0.1])], "table", 2)
+    text = format_predictions([FileResult("a.png", ["x", "y"], [0.9, 0.1])], "table", 2)
     assert text.splitlines()[1].split() == ["a.png", "x", "0.900", "y", "0.100", "n/a", "no"]
-    unknown = Prediction("b.png", ["x"], [0.6], ood_score=12.5, unknown=True)
+    unknown = FileResult("b.png", ["x"], [0.6], ood_score=12.5, unknown=True)
     assert format_predictions([unknown], "table", 1).splitlines()[1].split()[-2:] == ["12.5", "yes"]
     row = json.loads(format_predictions([unknown], "json", 1))[0]
     assert row["ood_score"] == 12.5 and row["unknown"] is True
