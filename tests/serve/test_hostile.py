@@ -204,6 +204,20 @@ def test_six_strips_in_one_multipart_are_413(server: Server, watch: Watch, strip
     assert answer.status_code == 413 and error_code(answer) == "image_too_large"
 
 
+def test_an_explain_overlay_of_a_large_image_is_bounded(server: Server, watch: Watch) -> None:
+    # A 16 Mpx picture within every limit (1 MB as PNG): its overlay must not be drawn and
+    # PNG-encoded at full resolution (about 1 GB and seconds of CPU for this one).
+    picture = Image.merge("RGB", [Image.linear_gradient("L").resize((4000, 4000))] * 3)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    headers = {**AUTH, "Content-Type": "image/png", "Accept": "image/png"}
+    with watch.probe():
+        answer = httpx.post(
+            server.url + "/v1/explain", content=buffer.getvalue(), headers=headers, timeout=WAIT_S
+        )
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+
+
 def test_a_hundred_thousand_duplicate_outputs_are_400(server: Server, watch: Watch) -> None:
     blob = base64.b64encode(image_bytes("dog")).decode()
     body = {
