@@ -12,7 +12,9 @@ of uint64 hashes), n^2/2 pair tests but tens of millions per numpy call instead 
 On small images a 64-bit hash alone also matches unrelated pictures of the same layout (a car on
 white), so each candidate is confirmed by the correlation of the two 16 px thumbnails and then,
 for the few that pass, of the two images decoded again at 32 px (which separates pictures that
-agree only in their coarse layout); a re-encoded or resized copy keeps both near 1.
+agree only in their coarse layout) and of their edges (what is left after a blur: two different
+small aeroplanes on the same blue sky correlate at 0.9 in pixels but not in edges); a re-encoded
+or resized copy keeps all three high.
 Thresholds and timings: docs/DOCTOR.md.
 """
 
@@ -37,6 +39,7 @@ NEAR_BITS = 12  # candidate pairs: phash distance in bits of 64 (docs/DOCTOR.md)
 NEAR_CORRELATION = 0.9  # confirmed pairs: 16 px thumbnail correlation (docs/DOCTOR.md)
 DETAIL_SIDE = 32
 DETAIL_CORRELATION = 0.9  # ... and 32 px correlation (docs/DOCTOR.md)
+EDGE_CORRELATION = 0.5  # ... and of the 32 px edges: small objects on the same sky differ here
 _DRAFT = Preprocessing(input_size=(HASH_SIDE, HASH_SIDE), crop_pct=1.0)
 _EXIF_ORIENTATION = 0x0112
 
@@ -186,16 +189,25 @@ def detail_vector(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     return np.asarray(image.resize((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX), np.float32).ravel()
 
 
-def detail_similarity(paths: list[str], i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Correlation of each pair's images at DETAIL_SIDE px (each image decoded once)."""
-    needed = np.unique(np.concatenate([i, j])) if len(i) else np.zeros(0, int)
+def edge_rows(vectors: np.ndarray) -> np.ndarray:
+    """What is left of each DETAIL_SIDE image after a 5 x 5 box blur: its edges and texture."""
+    from scipy.ndimage import uniform_filter
+
+    images = vectors.reshape(-1, DETAIL_SIDE, DETAIL_SIDE, 3)
+    return (images - uniform_filter(images, size=(1, 5, 5, 1), mode="nearest")).reshape(len(vectors), -1)
+
+
+def detail_similarity(paths: list[str], i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: correlation of the images at DETAIL_SIDE px, and of their edges (each image decoded once)."""
+    if len(i) == 0:
+        return np.zeros(0), np.zeros(0)
+    needed = np.unique(np.concatenate([i, j]))
     rows = {int(k): r for r, k in enumerate(needed)}
-    vectors = unit_rows(np.stack([detail_vector(paths[k]) for k in needed])) if len(needed) else None
-    if vectors is None:
-        return np.zeros(0)
-    a = vectors[[rows[int(k)] for k in i]]
-    b = vectors[[rows[int(k)] for k in j]]
-    return np.einsum("ij,ij->i", a, b)
+    raw = np.stack([detail_vector(paths[k]) for k in needed])
+    a = np.array([rows[int(k)] for k in i])
+    b = np.array([rows[int(k)] for k in j])
+    plain, edges = unit_rows(raw), unit_rows(edge_rows(raw))
+    return np.einsum("ij,ij->i", plain[a], plain[b]), np.einsum("ij,ij->i", edges[a], edges[b])
 
 
 def near_duplicates(
@@ -228,9 +240,9 @@ def near_duplicates(
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
     i, j, similarity = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
     inexact = similarity < 1.0
-    detail = np.ones(len(i), np.float32)
-    detail[inexact] = detail_similarity([p.path for p in prints], i[inexact], j[inexact])
-    keep = detail >= detail_correlation
+    detail, edges = np.ones(len(i)), np.ones(len(i))
+    detail[inexact], edges[inexact] = detail_similarity([p.path for p in prints], i[inexact], j[inexact])
+    keep = (detail >= detail_correlation) & (edges >= EDGE_CORRELATION)
     return i[keep], j[keep], detail[keep].astype(float)
 
 
