@@ -343,7 +343,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: Server, tmp_p
     command += [server.url + "/openapi.json", "--max-examples", "20", "--seed", "1", "--mode", "all"]
     command += ["-H", f"Authorization: {AUTH['Authorization']}", "--no-color", "--request-timeout", "10"]
     command += ["--exclude-checks", "positive_data_acceptance", "--report-dir", str(tmp_path / "report")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=150, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Traceback" not in server.log.read_text()
 
