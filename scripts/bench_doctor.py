@@ -306,7 +306,7 @@ def bench_speed(args: argparse.Namespace) -> None:
         f"{counts['near_duplicate']} | {counts['leak']} | {counts['conflict']} | {counts['unreadable']} |"
     )
     if args.output:
-        from vit.doctor import write_report
+        from vit.doctor_html import write_report
 
         write_report(report, args.output)
 

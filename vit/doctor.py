@@ -236,50 +236,6 @@ def examine(
     return report
 
 
-# -- output ---------------------------------------------------------------------------------
-def format_summary(report: Report, examples: int = 3) -> str:
-    """Counts per kind, the worst examples of each, and the facts."""
-    counts = report.counts()
-    lines = [f"vit doctor: {len(report.items)} images in {len(report.classes)} classes under {report.root}"]
-    for kind in KINDS:
-        found = [issue for issue in report.issues if issue.kind == kind]
-        lines.append(f"  {kind:<15} {counts[kind]:>6}")
-        for issue in found[:examples]:
-            shown = ", ".join(issue.paths[:3]) + (
-                f" (+{len(issue.paths) - 3})" if len(issue.paths) > 3 else ""
-            )
-            extra = f"  given {issue.given}, suggested {issue.suggested}" if issue.given else ""
-            reason = f"  ({report.reasons[issue.paths[0]]})" if kind == "unreadable" else ""
-            lines.append(f"      {issue.score:.2f}  {shown}{extra}{reason}")
-    facts = report.facts
-    if facts:
-        if facts["small_classes"]:
-            lines.append(f"  fact: classes under 10% of the largest: {', '.join(facts['small_classes'])}")
-        if facts["small_images"]:
-            lines.append(
-                f"  fact: {facts['small_images']} image(s) with a shorter side under half the model input "
-                f"({facts['model_input']} px)"
-            )
-        if len(facts["modes"]) > 1:
-            lines.append("  fact: colour modes " + ", ".join(f"{m}={n}" for m, n in facts["modes"].items()))
-        if facts["exif_rotated"]:
-            lines.append(f"  fact: {facts['exif_rotated']} image(s) rotated by their EXIF orientation")
-    lines += [f"  note: {note}" for note in report.notes]
-    return "\n".join(lines)
-
-
-def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
-    """``report.json`` and ``index.html`` in ``out_dir``, each written atomically."""
-    from vit.atomic import write_atomic
-    from vit.doctor_html import render_page
-
-    out_dir = Path(out_dir)
-    json_path, html_path = out_dir / "report.json", out_dir / "index.html"
-    write_atomic(json_path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
-    write_atomic(html_path, render_page(report).encode())
-    return json_path, html_path
-
-
 # -- the `vit fit` start-up check -------------------------------------------------------------
 def quick_counts(splits: Splits, workers: int = 2) -> dict[str, int]:
     """Unreadable files (already found by the scan), extra exact copies within a split (any class),
@@ -398,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"vit doctor: {exc}", file=sys.stderr)
         return 2
+    from vit.doctor_html import format_summary, write_report
+
     json_path, html_path = write_report(report, Path(args.output))
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=1))

@@ -1,5 +1,6 @@
-"""``index.html`` of a doctor report: one self-contained page, a section per kind of issue.
+"""A doctor report's outputs: the terminal summary, ``report.json`` and ``index.html``.
 
+The page is one self-contained file, a section per kind of issue.
 Thumbnails are inline ``data:`` URIs and the style sheet is inline, so the page opens from disk,
 from a CI artifact or an e-mail with nothing fetched from anywhere.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serve.preprocess import decode_image
@@ -126,3 +129,48 @@ def render_page(report: Report) -> str:
         f"<nav>{nav}</nav>{'<ul>' + notes + '</ul>' if notes else ''}{''.join(sections)}{_facts(report)}"
         "</body></html>\n"
     )
+
+
+def format_summary(report: Report, examples: int = 3) -> str:
+    """Counts per kind, the worst examples of each, and the facts (the terminal's view)."""
+    from vit.doctor import KINDS
+
+    counts = report.counts()
+    lines = [f"vit doctor: {len(report.items)} images in {len(report.classes)} classes under {report.root}"]
+    for kind in KINDS:
+        found = [issue for issue in report.issues if issue.kind == kind]
+        lines.append(f"  {kind:<15} {counts[kind]:>6}")
+        for issue in found[:examples]:
+            shown = ", ".join(issue.paths[:3]) + (
+                f" (+{len(issue.paths) - 3})" if len(issue.paths) > 3 else ""
+            )
+            extra = f"  given {issue.given}, suggested {issue.suggested}" if issue.given else ""
+            reason = f"  ({report.reasons[issue.paths[0]]})" if kind == "unreadable" else ""
+            lines.append(f"      {issue.score:.2f}  {shown}{extra}{reason}")
+    facts = report.facts
+    if facts:
+        if facts["small_classes"]:
+            lines.append(f"  fact: classes under 10% of the largest: {', '.join(facts['small_classes'])}")
+        if facts["small_images"]:
+            lines.append(
+                f"  fact: {facts['small_images']} image(s) with a shorter side under half the model input "
+                f"({facts['model_input']} px)"
+            )
+        if len(facts["modes"]) > 1:
+            lines.append("  fact: colour modes " + ", ".join(f"{m}={n}" for m, n in facts["modes"].items()))
+        if facts["exif_rotated"]:
+            lines.append(f"  fact: {facts['exif_rotated']} image(s) rotated by their EXIF orientation")
+    lines += [f"  note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
+    """``report.json`` and ``index.html`` in ``out_dir``, each written atomically."""
+    from vit.atomic import write_atomic
+    from vit.doctor_html import render_page
+
+    out_dir = Path(out_dir)
+    json_path, html_path = out_dir / "report.json", out_dir / "index.html"
+    write_atomic(json_path, (json.dumps(report.to_dict(), indent=1) + "\n").encode())
+    write_atomic(html_path, render_page(report).encode())
+    return json_path, html_path

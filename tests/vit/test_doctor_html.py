@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.vit.test_doctor import write_split_folder
-from vit.doctor import KINDS, examine, write_report
+from vit.doctor import KINDS, examine
+from vit.doctor_html import write_report
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
 from selenium.webdriver.common.by import By  # noqa: E402
