@@ -117,7 +117,7 @@ class ViTClassifier(pl.LightningModule):
         else:
             self.net = timm.create_model(model_name, pretrained=False, **self.model_config)
             if pretrained:
-                rank_zero_info(load_pretrained(self.net, Path(pretrained)))
+                rank_zero_info(load_pretrained(self.net, Path(pretrained), self.class_names))
         # The name export rebuilds the network from: the architecture (a tag or hub name resolved).
         self.architecture = (getattr(self.net, "pretrained_cfg", None) or {}).get("architecture", model_name)
         # Conv stems train faster with channels-last tensors, the layout oneDNN's and cuDNN's

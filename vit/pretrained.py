@@ -52,20 +52,36 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in loaded.items() if k.startswith(prefix) and torch.is_tensor(v)}
 
 
-def load_pretrained(model: torch.nn.Module, path: Path) -> str:
+def checkpoint_labels(path: Path) -> list[str] | None:
+    """The class names a ``vit`` checkpoint was trained on (None for other files)."""
+    if path.suffix != ".ckpt" or not path.is_file():
+        return None
+    info = torch.load(path, map_location="cpu", weights_only=False).get("vit") or {}
+    return list(info.get("labels") or []) or None
+
+
+def load_pretrained(model: torch.nn.Module, path: Path, class_names: list[str] | None = None) -> str:
     """Load ``path`` into ``model``: position/patch embeddings resized (timm's filter), a head of
-    another class count left freshly initialised. Returns a one-line report."""
-    state = read_state_dict(Path(path).expanduser())
+    another class count, or of other classes (a vit checkpoint names its classes), left freshly
+    initialised. Returns a one-line report."""
+    path = Path(path).expanduser()
+    state = read_state_dict(path)
     if isinstance(model, VisionTransformer):
         state = checkpoint_filter_fn(state, model)
     own = model.state_dict()
     reinitialised = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    labels = checkpoint_labels(path) if class_names else None
+    if labels is not None and labels != list(class_names):
+        classifier = model.get_classifier()
+        prefix = next(name for name, module in model.named_modules() if module is classifier)
+        head = {f"{prefix}.{name}" for name, _ in classifier.named_parameters()}
+        reinitialised = sorted(set(reinitialised) | (head & set(state)))
     state = {k: v for k, v in state.items() if k not in reinitialised}
     result = model.load_state_dict(state, strict=False)
     loaded = len(state) - len(result.unexpected_keys)
     report = f"pretrained {path}: loaded {loaded} tensors"
     if reinitialised:
-        report += f"; re-initialised (shape differs): {', '.join(reinitialised)}"
+        report += f"; re-initialised (other classes): {', '.join(reinitialised)}"
     if result.missing_keys:
         report += f"; missing, left as initialised: {', '.join(result.missing_keys[:8])}"
     if result.unexpected_keys:

@@ -156,3 +156,14 @@ def test_unknown_tag_names_the_known_ones() -> None:
 
     with pytest.raises(PretrainedUnavailable, match="augreg_in21k_ft_in1k"):
         ViTClassifier(num_classes=3, pretrained="vit_tiny_patch16_224.no_such_tag", **TINY)
+
+
+def test_vit_checkpoint_of_other_classes_gets_a_new_head(tiny_checkpoint: Path) -> None:
+    state = read_state_dict(tiny_checkpoint)
+    same = ViTClassifier(
+        img_size=32, class_names=["c0", "c1", "c2"], pretrained=str(tiny_checkpoint), **SMALL
+    )
+    other = ViTClassifier(img_size=32, class_names=["x", "y", "z"], pretrained=str(tiny_checkpoint), **SMALL)
+    assert torch.equal(same.net.head.weight, state["head.weight"])  # the same classes: head kept
+    assert not torch.equal(other.net.head.weight, state["head.weight"])  # 3 other classes: a new head
+    assert torch.equal(other.net.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
