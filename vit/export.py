@@ -11,17 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import importlib.metadata
-import platform
 import sys
-import warnings
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 
@@ -30,93 +25,110 @@ from serve.preprocess import Preprocessing
 from vit.arguments import parse_or_exit_code
 from vit.atomic import atomic_file
 from vit.classifier import open_session
-from vit.verify import (
-    ExportReport,
-    FileReport,
-    accuracy,
-    compare,
-    generated_inputs,
-    load_check_inputs,
-    run_onnx,
-    run_torch,
-)
+from vit.export_plan import Plan, plan_export, weights_sha256
+from vit.onnxfile import install_checked, stamp, to_onnx, variant_path
+from vit.quantize import CALIBRATION_METHODS, INT8_METHODS
+from vit.recommend import accuracy_drop, fastest, time_files
+from vit.verify import Checker, ExportReport, FileReport, accuracy
+
+__all__ = ["export_model", "export_net", "main", "weights_sha256"]
 
 DEFAULT_OPSET = 20
-INPUT_NAME = "images"
+# onnxruntime's transformer fusions (vit/optimize.py) measured no faster on CPU, fp32 or int8
+# (docs/EXPORT.md): opt-in with --fuse.
+DEFAULT_OPTIMIZE = False
+DEFAULT_CALIBRATION = "minmax"  # static int8 calibration, chosen by measurement: docs/EXPORT.md
 
 
-def weights_sha256(net: torch.nn.Module) -> str:
-    """SHA-256 of the state dict tensors' bytes in sorted key order: the model's version."""
-    digest = hashlib.sha256()
-    state = net.state_dict()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous().reshape(-1)
-        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
-    return digest.hexdigest()
+def fp32_graphs(plan: Plan, opset: int, optimize: bool) -> Iterator[tuple[onnx.ModelProto, list[str]]]:
+    """Step 2: the fp32 graphs to try, best first, with the optimisations each carries."""
+    size = plan.metadata.preprocessing.input_size
+    if optimize and not plan.metadata.has_attention:  # the fused op has no probabilities output
+        from vit.optimize import SPLIT_QKV, fusable, fuse, geometry
+
+        rewritten, count = fusable(plan.module)
+        shape = geometry(plan.net)
+        if shape is not None:
+            fused, applied = fuse(to_onnx(rewritten, size, plan.names, opset), *shape)
+            if applied:
+                yield fused, ([f"{SPLIT_QKV}x{count}"] if count else []) + applied
+    yield to_onnx(plan.module, size, plan.names, opset), []
 
 
-def framework_versions() -> dict[str, str]:
-    import onnxruntime
-    import PIL
-    import timm
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-    }
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        versions["vit"] = importlib.metadata.version("vit")
-    return versions
-
-
-def to_onnx(
-    module: torch.nn.Module, input_size: tuple[int, int], outputs: list[str], opset: int
-) -> onnx.ModelProto:
-    """torch.onnx (dynamo) export with a dynamic batch axis, traced at batch 2 so it stays symbolic."""
-    example = torch.randn(2, 3, *input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            (example,),
-            None,
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=outputs,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            opset_version=opset,
-            verbose=False,
+def write_fp32(
+    plan: Plan, report: ExportReport, checker: Checker, opset: int, optimize: bool, log: Callable[[str], None]
+) -> ModelMetadata:
+    """Steps 2-4 for the fp32 file: export, optimise, check against PyTorch, install (into
+    ``report.files``); a fused graph that fails the check gives way to the plain one."""
+    for model, applied in fp32_graphs(plan, opset, optimize):
+        metadata = dataclasses.replace(plan.metadata, optimizations=applied)
+        method = "fused" if applied else "plain"
+        checked = install_checked(stamp(model, metadata), report.output, partial(checker.fp32, method=method))
+        if checked.ok or not applied:
+            report.files.append(checked)
+            report.metadata = metadata
+            return metadata
+        note = (
+            f"the fused graph failed the check (max|dlogit| {checked.comparison.max_abs_diff:.2e}, "
+            f"top-1 agreement {100 * checked.comparison.top1_agreement:.2f}%): falling back to the unfused graph"
         )
-    return program.model_proto
+        report.notes.append(note)
+        log(note)
+    raise AssertionError("fp32_graphs yields the plain graph last")
 
 
-def stamp(model: onnx.ModelProto, metadata: ModelMetadata) -> onnx.ModelProto:
-    """Set the ``vit.*`` metadata_props (others kept) and check the file is self-contained."""
-    props = {p.key: p.value for p in model.metadata_props if not p.key.startswith("vit.")}
-    onnx.helper.set_model_props(model, {**props, **metadata.to_props()})
-    model.doc_string = "vit image classifier; metadata_props vit.* describe labels and preprocessing"
-    if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
-        raise ValueError("the exported model refers to external weight files; it must be one file")
-    onnx.checker.check_model(model)
-    return model
+def int8_candidates(plan: Plan, method: str) -> list[str]:
+    """The int8 methods to try: static needs real check images to calibrate on."""
+    methods = list(INT8_METHODS) if method == "auto" else [method]
+    if "static" in methods and plan.inputs.generated:
+        if method == "static":
+            raise ValueError("--int8-method static calibrates on --check-data images: give --check-data")
+        methods.remove("static")
+    return methods
 
 
-def install_checked(
-    model: onnx.ModelProto, target: Path, check: Callable[[Any, Path, int], FileReport]
-) -> FileReport:
-    """Write ``model`` beside ``target``, check it from disk, rename it into place only if it passes."""
-    data = model.SerializeToString()
-    with atomic_file(target) as tmp:
-        tmp.write_bytes(data)
-        report = check(open_session(tmp, device="cpu"), target, len(data))
-        if not report.ok:
-            tmp.unlink()  # a model that fails its check never replaces the file
-    return report
+def write_int8(
+    plan: Plan,
+    fp32: FileReport,
+    metadata: ModelMetadata,
+    checker: Checker,
+    report: ExportReport,
+    method: str,
+    calibration: str,
+    log: Callable[[str], None],
+) -> None:
+    """Step 5: each int8 method staged and checked, all timed with the fp32 file; the fastest within
+    the accuracy budget is installed as OUT.int8.onnx, the others reported as not kept."""
+    from vit import quantize
+
+    target = variant_path(fp32.path, "int8")
+    staged: list[tuple[Path, FileReport]] = []
+    with contextlib.ExitStack() as stack:
+        for name in int8_candidates(plan, method):
+            label = f"int8 {name}" + (f" {calibration}" if name == "static" else "")
+            log(f"writing the {label} model ...")
+            if name == "static":
+                model = quantize.quantize_static_int8(fp32.path, plan.inputs.images, calibration=calibration)
+            else:
+                model = quantize.quantize_dynamic_int8(fp32.path)
+            steps = [*metadata.optimizations, label.replace(" ", "-")]
+            stamped = stamp(model, dataclasses.replace(metadata, precision="int8", optimizations=steps))
+            tmp = stack.enter_context(atomic_file(target))
+            data = stamped.SerializeToString()
+            tmp.write_bytes(data)
+            checked = checker.reduced(open_session(tmp, device="cpu"), target, len(data), "int8", label)
+            staged.append((tmp, checked))
+        speeds = time_files([fp32.path, *(tmp for tmp, _ in staged)], plan.inputs.images)
+        fp32.images_per_second = speeds[fp32.path]
+        for tmp, checked in staged:
+            checked.images_per_second = speeds[tmp]
+        reports = [checked for _, checked in staged]
+        kept = fastest(reports, fp32) or min(reports, key=lambda r: accuracy_drop(r, fp32)[0])
+        for tmp, checked in staged:
+            if checked is not kept:
+                tmp.unlink()  # atomic_file installs only the file that is still there
+                report.discarded.append(checked)
+        report.files.append(kept)
 
 
 def export_net(
@@ -130,86 +142,67 @@ def export_net(
     check_data: str | Path | None = None,
     check_limit: int = 256,
     quantize: str | None = None,
+    int8_method: str = "auto",
+    calibration: str = DEFAULT_CALIBRATION,
     fp16: bool = False,
     triton: str | Path | None = None,
     triton_name: str | None = None,
     with_attention: bool = False,
+    optimize: bool = DEFAULT_OPTIMIZE,
     opset: int = DEFAULT_OPSET,
+    ood_accept: float = 0.95,
+    checkpoint_info: dict[str, Any] | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> ExportReport:
-    """Export an eval-mode network with its metadata, verify it, and write the extra formats."""
+    """Export an eval-mode network with its metadata, verify it, and write the extra formats.
+
+    Steps: plan (metadata, extras, check inputs) -> fp32 (export, optimise, check, install) ->
+    int8 (quantize, check, time, install the best) -> fp16 -> Triton -> model card.
+    """
     if quantize not in (None, "int8"):
         raise ValueError(f"--quantize: unknown mode {quantize!r} (supported: int8)")
+    if int8_method not in ("auto", *INT8_METHODS):
+        raise ValueError(f"--int8-method: {int8_method!r} is not one of auto, {', '.join(INT8_METHODS)}")
     output = Path(output).expanduser()
     net = net.eval().float().cpu()
-    module, names = net, ["logits"]
-    if with_attention:
-        from vit.attention import WithAttention
-
-        module, names = WithAttention(net).eval(), ["logits", "attention"]
-    metadata = ModelMetadata(
-        labels=list(labels),
+    plan = plan_export(
+        net,
+        labels=labels,
         preprocessing=preprocessing,
         model_name=model_name,
-        model_config=dict(model_config or {}),
-        weights_sha256=weights_sha256(net),
-        versions=framework_versions(),
-        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        outputs={"logits": "logits", "attention": "attention" if with_attention else None},
+        model_config=model_config,
+        check_data=check_data,
+        check_limit=check_limit,
+        with_attention=with_attention,
+        ood_accept=ood_accept,
+        checkpoint_info=checkpoint_info,
+        log=log,
     )
-    if check_data is not None:
-        inputs = load_check_inputs(Path(check_data), metadata.labels, preprocessing, check_limit)
-    else:
-        inputs = generated_inputs(preprocessing)
+    report = ExportReport(
+        output, plan.metadata, plan.inputs, accuracy(plan.reference[0], plan.inputs.targets)
+    )
+    checker = Checker(plan.inputs, plan.reference, report.tolerance)
     log(f"exporting {model_name} to {output} (opset {opset}) ...")
-    model = stamp(to_onnx(module, preprocessing.input_size, names, opset), metadata)
-    if with_attention:  # reference rollout from the hooks route, independent of the wrapper
-        from vit.attention import rollout_torch
-
-        reference = run_torch(lambda x: (net(x), rollout_torch(net, x)), inputs.images)
-    else:
-        reference = run_torch(net, inputs.images)
-    report = ExportReport(output, metadata, inputs, accuracy(reference[0], inputs.targets))
-    fp32_outputs: list[np.ndarray] = []
-
-    def checker(precision: str, against: list[np.ndarray], strict: bool) -> Callable[..., FileReport]:
-        def check(session: Any, target: Path, size: int) -> FileReport:
-            outputs = run_onnx(session, inputs.images)
-            if precision == "fp32":
-                fp32_outputs[:] = outputs
-            attention = float(np.abs(against[1] - outputs[1]).max()) if len(against) > 1 else None
-            result = FileReport(
-                precision,
-                target,
-                size,
-                "torch" if precision == "fp32" else "fp32 onnx",
-                compare(against[0], outputs[0], inputs.targets),
-                attention,
-            )
-            if strict:
-                worst = max(result.comparison.max_abs_diff, attention or 0.0)
-                result.ok = worst <= report.tolerance and result.comparison.top1_agreement == 1.0
-            return result
-
-        return check
-
-    report.files.append(install_checked(model, output, checker("fp32", reference, strict=True)))
+    metadata = write_fp32(plan, report, checker, opset, optimize, log)
     if not report.ok:
         return report
-    from vit import quantize as reduced
-
-    variants = [("int8", reduced.quantize_int8)] if quantize == "int8" else []
+    fp32 = report.files[0]
+    if quantize == "int8":
+        write_int8(plan, fp32, metadata, checker, report, int8_method, calibration, log)
     if fp16:
-        variants.append(("fp16", reduced.convert_fp16))
-    for precision, convert in variants:
-        log(f"writing the {precision} model ...")
-        target = output.with_name(f"{output.name.removesuffix('.onnx')}.{precision}.onnx")
-        variant = stamp(convert(output), dataclasses.replace(metadata, precision=precision))
-        report.files.append(install_checked(variant, target, checker(precision, fp32_outputs, strict=False)))
+        from vit.quantize import convert_fp16
+
+        log("writing the fp16 model ...")
+        half = stamp(convert_fp16(output), dataclasses.replace(metadata, precision="fp16"))
+        check = partial(checker.reduced, precision="fp16", method="fp16")
+        report.files.append(install_checked(half, variant_path(output, "fp16"), check))
     if triton is not None:
         from vit.triton import write_triton_repository
 
         report.triton = write_triton_repository(Path(triton), output, triton_name)
+    from vit.card import card_path, write_card
+
+    log(f"model card: {write_card(card_path(output), plan.facts, report)}")
     return report
 
 
@@ -225,6 +218,7 @@ def export_model(checkpoint: str | Path, output: str | Path, **options: Any) -> 
         preprocessing=loaded.preprocessing,
         model_name=loaded.model_name,
         model_config=loaded.model_config,
+        checkpoint_info=loaded.info,
         **options,
     )
 
@@ -238,12 +232,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--check-limit", type=int, default=256, help="at most this many check images")
     parser.add_argument(
-        "--quantize", choices=["int8"], help="also write OUTPUT.int8.onnx (dynamic quantization)"
+        "--quantize",
+        choices=["int8"],
+        help="also write OUTPUT.int8.onnx: the fastest int8 method within 0.5 pt of fp32 accuracy",
+    )
+    parser.add_argument(
+        "--int8-method",
+        choices=["auto", *INT8_METHODS],
+        default="auto",
+        help="auto: try dynamic and static (static needs --check-data), keep the best (default)",
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=CALIBRATION_METHODS,
+        default=DEFAULT_CALIBRATION,
+        help=f"static int8: how activation ranges are set from the check images ({DEFAULT_CALIBRATION})",
     )
     parser.add_argument("--fp16", action="store_true", help="also write OUTPUT.fp16.onnx for GPU providers")
     parser.add_argument("--triton", type=Path, metavar="DIR", help="also write a Triton model repository")
     parser.add_argument("--triton-name", help="model name in the Triton repository (default: output stem)")
     parser.add_argument("--with-attention", action="store_true", help="second output: attention rollout")
+    parser.add_argument(
+        "--fuse",
+        dest="optimize",
+        action="store_true",
+        default=DEFAULT_OPTIMIZE,
+        help="fuse attention, LayerNorm and GELU into onnxruntime contrib ops (CPU and CUDA providers)",
+    )
+    parser.add_argument(
+        "--ood-accept",
+        type=float,
+        default=0.95,
+        help="with --check-data: OOD threshold accepting this share of validation images (0.95)",
+    )
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= 17, default {DEFAULT_OPSET})"
     )
@@ -265,11 +286,15 @@ def main(argv: list[str] | None = None) -> int:
             check_data=args.check_data,
             check_limit=args.check_limit,
             quantize=args.quantize,
+            int8_method=args.int8_method,
+            calibration=args.calibration,
             fp16=args.fp16,
             triton=args.triton,
             triton_name=args.triton_name,
             with_attention=args.with_attention,
+            optimize=args.optimize,
             opset=args.opset,
+            ood_accept=args.ood_accept,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"vit export: {exc}", file=sys.stderr)

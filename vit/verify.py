@@ -28,6 +28,7 @@ class CheckInputs:
     targets: np.ndarray | None  # class index per image, when every image is labelled
     source: str
     skipped: list[tuple[str, str]]
+    generated: bool = False  # made up by generated_inputs, not real images
 
 
 @dataclass
@@ -85,7 +86,7 @@ def generated_inputs(preprocessing: Preprocessing, n: int = 16, seed: int = 0) -
         ramp = np.linspace(0, 255, w)[None, :, None] * rng.uniform(0, 1, 3)
         pixels = np.clip(ramp + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
         arrays.append(preprocessing(Image.fromarray(pixels, "RGB")))
-    return CheckInputs(np.stack(arrays), None, f"{n} generated images", [])
+    return CheckInputs(np.stack(arrays), None, f"{n} generated images", [], generated=True)
 
 
 def run_torch(module: Any, images: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
@@ -133,6 +134,51 @@ class FileReport:
     comparison: Comparison
     attention_max_abs_diff: float | None = None
     ok: bool = True
+    method: str = ""  # how it was made: "fused", "dynamic", "static minmax", ...
+    images_per_second: float | None = None  # measured at export (vit.recommend.time_files)
+
+
+@dataclass
+class Checker:
+    """Runs a staged file on the check inputs and compares it: fp32 with PyTorch (strict), a
+    reduced-precision file with the fp32 file's outputs (reported, never failing the export)."""
+
+    inputs: CheckInputs
+    reference: list[np.ndarray]  # PyTorch's outputs on ``inputs`` (logits first)
+    tolerance: float = FP32_TOLERANCE
+    fp32_outputs: list[np.ndarray] | None = None  # the installed fp32 file's, once it passed
+
+    def fp32(self, session: Any, target: Path, size: int, method: str = "") -> FileReport:
+        outputs = run_onnx(session, self.inputs.images)
+        report = self._report("fp32", target, size, "torch", self.reference, outputs, method)
+        worst = max(report.comparison.max_abs_diff, report.attention_max_abs_diff or 0.0)
+        report.ok = worst <= self.tolerance and report.comparison.top1_agreement == 1.0
+        if report.ok:
+            self.fp32_outputs = outputs
+        return report
+
+    def reduced(self, session: Any, target: Path, size: int, precision: str, method: str = "") -> FileReport:
+        if self.fp32_outputs is None:
+            raise RuntimeError("the fp32 file is checked first: reduced files are compared with it")
+        outputs = run_onnx(session, self.inputs.images)
+        return self._report(precision, target, size, "fp32 onnx", self.fp32_outputs, outputs, method)
+
+    def _report(
+        self,
+        precision: str,
+        target: Path,
+        size: int,
+        reference: str,
+        against: list[np.ndarray],
+        outputs: list[np.ndarray],
+        method: str,
+    ) -> FileReport:
+        # The PyTorch reference has the rollout second when the file has an attention output;
+        # outputs after those (an OOD score) are not compared here.
+        with_attention = len(self.reference) > 1
+        attention = float(np.abs(against[1] - outputs[1]).max()) if with_attention else None
+        comparison = compare(against[0], outputs[0], self.inputs.targets)
+        return FileReport(precision, target, size, reference, comparison, attention, method=method)
 
 
 @dataclass
@@ -141,9 +187,11 @@ class ExportReport:
     metadata: ModelMetadata
     inputs: CheckInputs
     torch_accuracy: float | None
-    files: list[FileReport] = field(default_factory=list)
+    files: list[FileReport] = field(default_factory=list)  # the files written, fp32 first
+    discarded: list[FileReport] = field(default_factory=list)  # checked, measured, not kept
     triton: Path | None = None
     tolerance: float = FP32_TOLERANCE
+    notes: list[str] = field(default_factory=list)  # e.g. why a fused graph was dropped
 
     @property
     def ok(self) -> bool:
@@ -151,23 +199,24 @@ class ExportReport:
         return bool(self.files) and self.files[0].ok
 
     def format(self) -> str:
+        """The table of files (kept and discarded), the verdict and the file to deploy."""
+        from vit.recommend import recommendation
+
         meta = self.metadata
         height, width = meta.preprocessing.input_size
         labelled = " (labelled)" if self.inputs.targets is not None else ""
-        rows = [["file", "size", "compared with", "max|dlogit|", "top-1 agree", "accuracy"]]
-        fp32_size = self.files[0].size_bytes if self.files else 0
-        for f in self.files:
-            c = f.comparison
-            size = f"{f.size_bytes / 1e6:.2f} MB"
-            if f.precision != "fp32" and fp32_size:
-                size += f" ({f.size_bytes / fp32_size:.2f}x)"
-            accuracy = "n/a" if c.accuracy is None else f"{100 * c.accuracy:.2f}%"
-            if f.precision == "fp32" and self.torch_accuracy is not None:
-                accuracy += f" (torch {100 * self.torch_accuracy:.2f}%)"
-            diff = f"{c.max_abs_diff:.2e}"
-            if f.attention_max_abs_diff is not None:
-                diff += f" (attention {f.attention_max_abs_diff:.2e})"
-            rows.append([f.path.name, size, f.reference, diff, f"{100 * c.top1_agreement:.2f}%", accuracy])
+        header = [
+            "file",
+            "made by",
+            "size",
+            "compared with",
+            "max|dlogit|",
+            "top-1 agree",
+            "accuracy",
+            "img/s",
+        ]
+        rows = [header] + [self._row(f) for f in self.files]
+        rows += [self._row(f, kept=False) for f in self.discarded]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [
             f"model: {meta.model_name}, {len(meta.labels)} classes, input 3x{height}x{width}, "
@@ -181,10 +230,34 @@ class ExportReport:
         if self.inputs.skipped:
             path, reason = self.inputs.skipped[0]
             lines.append(f"  {len(self.inputs.skipped)} check image(s) skipped, e.g. {path}: {reason}")
+        lines += [f"  note: {note}" for note in self.notes]
         verdict = "passed" if self.ok else f"FAILED, {self.output} not written"
         lines.append(
             f"check {verdict}: fp32 needs max|dlogit| <= {self.tolerance:g} and 100% top-1 agreement"
         )
         if self.triton:
             lines.append(f"triton model repository: {self.triton}")
+        if self.ok:
+            lines.append(recommendation(self).line)
         return "\n".join(lines)
+
+    def _row(self, f: FileReport, kept: bool = True) -> list[str]:
+        c = f.comparison
+        fp32 = self.files[0] if self.files else None
+        size = f"{f.size_bytes / 1e6:.2f} MB"
+        if f.precision != "fp32" and fp32 and fp32.size_bytes:
+            size += f" ({f.size_bytes / fp32.size_bytes:.2f}x)"
+        accuracy = "n/a" if c.accuracy is None else f"{100 * c.accuracy:.2f}%"
+        if f.precision == "fp32" and self.torch_accuracy is not None:
+            accuracy += f" (torch {100 * self.torch_accuracy:.2f}%)"
+        diff = f"{c.max_abs_diff:.2e}"
+        if f.attention_max_abs_diff is not None:
+            diff += f" (attention {f.attention_max_abs_diff:.2e})"
+        speed = "n/a"
+        if f.images_per_second:
+            speed = f"{f.images_per_second:.0f}"
+            if fp32 is not None and fp32.images_per_second and f is not fp32:
+                speed += f" ({f.images_per_second / fp32.images_per_second:.2f}x)"
+        name = f.path.name if kept else "(not kept)"
+        method = f.method or f.precision
+        return [name, method, size, f.reference, diff, f"{100 * c.top1_agreement:.2f}%", accuracy, speed]

@@ -148,12 +148,13 @@ def test_single_file_with_dynamic_batch(tiny_onnx: Path, tiny_checkpoint: Path, 
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     session = ort.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
-    assert [o.name for o in session.get_outputs()] == ["logits"]
+    # logits first; an OOD score output follows when --check-data fitted one (docs/TRUST.md)
+    assert [o.name for o in session.get_outputs()][:1] == ["logits"]
     assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic batch axis
     rng = np.random.default_rng(1)
     for batch in (1, 3, 17):
         images = rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)
-        (logits,) = session.run(None, {"images": images})
+        (logits,) = session.run(["logits"], {"images": images})
         assert logits.shape == (batch, 3)
         np.testing.assert_allclose(logits, torch_logits(tiny_checkpoint, images), atol=1e-4, rtol=0)
 
@@ -231,7 +232,7 @@ def test_int8_and_fp16_files(tiny_export) -> None:
     assert int8.size_bytes < fp32.size_bytes and fp16.size_bytes < fp32.size_bytes
     inputs = tiny_export.inputs
     reference = ort.InferenceSession(str(fp32.path), providers=["CPUExecutionProvider"])
-    (expected,) = run_onnx(reference, inputs.images)
+    expected = run_onnx(reference, inputs.images)[0]
     for report in (int8, fp16):
         assert report.path.name == f"model.{report.precision}.onnx" and report.reference == "fp32 onnx"
         session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
@@ -240,7 +241,7 @@ def test_int8_and_fp16_files(tiny_export) -> None:
         assert meta.weights_sha256 == tiny_export.metadata.weights_sha256
         assert session.get_inputs()[0].type == "tensor(float)"  # I/O stays float32
         # same batches as the self-check (int8 activation scales are per batch): same numbers
-        (logits,) = run_onnx(session, inputs.images)
+        logits = run_onnx(session, inputs.images)[0]
         assert logits.shape == expected.shape and np.isfinite(logits).all()
         assert report.comparison.top1_agreement == (logits.argmax(1) == expected.argmax(1)).mean()
         assert report.comparison.max_abs_diff == pytest.approx(float(np.abs(logits - expected).max()))
@@ -253,7 +254,7 @@ def test_triton_repository(tiny_export) -> None:
     assert config["name"] == folder.name and config["platform"] == "onnxruntime_onnx"
     assert config["max_batch_size"] >= 1 and "max_queue_delay_microseconds" in config["dynamic_batching"]
     assert config["input"] == [{"name": "images", "data_type": "TYPE_FP32", "dims": [3, 32, 32]}]
-    (logits,) = config["output"]
+    logits = config["output"][0]
     assert (logits["name"], logits["dims"]) == ("logits", [3])
     labels = (folder / logits["label_filename"]).read_text().splitlines()
     assert labels == tiny_export.metadata.labels
@@ -279,11 +280,11 @@ def test_with_attention(tiny_attention_onnx: Path, tiny_checkpoint: Path) -> Non
     from vit.attention import rollout_torch
 
     session = ort.InferenceSession(str(tiny_attention_onnx), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "attention"]
+    assert [o.name for o in session.get_outputs()][:2] == ["logits", "attention"]
     meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
-    assert meta.outputs == {"logits": "logits", "attention": "attention"}
+    assert (meta.outputs["logits"], meta.outputs["attention"]) == ("logits", "attention")
     images = np.random.default_rng(2).normal(size=(3, 3, 32, 32)).astype(np.float32)
-    logits, attention = session.run(None, {"images": images})
+    logits, attention = session.run(["logits", "attention"], {"images": images})
     net = load_checkpoint(tiny_checkpoint).net
     assert attention.shape == (3, 4, 4)
     np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
@@ -296,3 +297,161 @@ def test_cli_usage_errors(tmp_path: Path, capsys) -> None:
     assert "missing.ckpt" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.ckpt"), "--opset", "13"]) == 2
     assert main(["--quantize", "int4", "x.ckpt"]) == 2
+
+
+# -- graph optimisation, int8 methods, the recommended file ------------------------------------
+def served_label(path: Path, image: Path) -> tuple[str, str]:
+    """(label `vit serve` answers for ``image``, label of the file's own top-1 on it)."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.preprocess import decode_image
+    from serve.settings import Settings
+
+    meta = ModelMetadata.from_props(onnx_props(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pixels = meta.preprocessing(decode_image(image.read_bytes(), preprocessing=meta.preprocessing))
+    expected = meta.labels[int(session.run(None, {"images": pixels[None]})[0].argmax())]
+    settings = Settings(model=path, threads=1, preprocess_threads=1, access_log=False)
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/v1/classify", content=image.read_bytes(), headers={"content-type": "image/png"}
+        )
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"][0]["label"], expected
+
+
+def onnx_props(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def fused_export(tiny_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """:func:`tiny_checkpoint` exported with ``--fuse`` (fp32 only), self-checked on :func:`tiny_data`."""
+    out = tmp_path_factory.mktemp("fused") / "model.onnx"
+    return export_model(tiny_checkpoint, out, check_data=tiny_data, optimize=True)
+
+
+def test_plain_file_records_no_optimisation(tiny_export) -> None:
+    fp32 = tiny_export.files[0]
+    assert fp32.method == "plain" and ModelMetadata.from_props(onnx_props(fp32.path)).optimizations == []
+    assert not {"Attention", "SkipLayerNormalization"} & op_types(fp32.path)  # standard ONNX ops only
+
+
+def test_fused_file_names_its_optimisations_and_serves(fused_export, tiny_data: Path) -> None:
+    fp32 = fused_export.files[0]
+    meta = ModelMetadata.from_props(onnx_props(fp32.path))
+    assert fp32.ok and fp32.method == "fused"
+    assert any(o.startswith("fused:Attention") for o in meta.optimizations), meta.optimizations
+    assert {"Attention", "SkipLayerNormalization"} <= op_types(fp32.path)  # onnxruntime contrib ops
+    image = sorted(tiny_data.rglob("*.png"))[0]
+    served, expected = served_label(fp32.path, image)
+    assert served == expected
+
+
+def test_auto_int8_keeps_one_method_and_reports_both(tiny_export) -> None:
+    int8 = next(f for f in tiny_export.files if f.precision == "int8")
+    (other,) = tiny_export.discarded
+    assert {int8.method, other.method} == {"int8 dynamic", "int8 static minmax"}
+    assert int8.images_per_second and other.images_per_second  # both timed beside the fp32 file
+    assert not other.path.exists() or other.path == int8.path  # only the kept one is on disk
+    meta = ModelMetadata.from_props(onnx_props(int8.path))
+    assert meta.optimizations[-1] == int8.method.replace(" ", "-")
+    text = tiny_export.format()
+    assert "(not kept)" in text and other.method in text
+
+
+def test_recommended_file_line(tiny_export) -> None:
+    from vit.recommend import recommendation
+
+    last = tiny_export.format().splitlines()[-1]
+    chosen = recommendation(tiny_export).file
+    assert chosen.precision in ("fp32", "int8") and chosen.path.is_file()
+    assert last.startswith(f"deploy {chosen.path.name}: ") and f"vit serve {chosen.path}" in last
+
+
+def test_static_int8_passes_and_serves(
+    tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "model.onnx"
+    args = ["--check-data", str(tiny_data), "--quantize", "int8", "--int8-method", "static"]
+    assert main([str(tiny_checkpoint), "-o", str(out), *args, "--calibration", "percentile"]) == 0
+    printed = capsys.readouterr().out
+    static = out.with_name("model.int8.onnx")
+    assert "int8 static percentile" in printed and printed.splitlines()[-1].startswith("deploy model")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(static)  # QDQ format
+    meta = ModelMetadata.from_props(onnx_props(static))
+    assert meta.precision == "int8" and meta.optimizations[-1] == "int8-static-percentile"
+    served, expected = served_label(static, sorted(tiny_data.rglob("*.png"))[-1])
+    assert served == expected
+
+
+def test_static_int8_needs_check_images(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    args = ["-o", str(tmp_path / "m.onnx"), "--quantize", "int8", "--int8-method", "static"]
+    assert main([str(tiny_checkpoint), *args]) == 2
+    assert "--check-data" in capsys.readouterr().err
+
+
+def qk_norm_net() -> torch.nn.Module:
+    """A ViT whose attention normalises q and k: not the layout onnxruntime's fuser matches."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+        num_classes=3, qk_norm=True,
+    )  # fmt: skip
+    with torch.no_grad():  # distinct values: timm's zero biases would share one ONNX initializer
+        for parameter in net.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return net.eval()
+
+
+def export_tiny(net: torch.nn.Module, out: Path, **options):
+    from serve.preprocess import Preprocessing
+
+    labels, pre = ["a", "b", "c"], Preprocessing(input_size=(32, 32))
+    return export_module.export_net(
+        net,
+        out,
+        labels=labels,
+        preprocessing=pre,
+        model_name="vit_tiny_patch16_224",
+        optimize=True,
+        **options,
+    )
+
+
+def test_attention_that_cannot_fuse_exports_unfused(tmp_path: Path) -> None:
+    report = export_tiny(qk_norm_net(), tmp_path / "model.onnx")
+    assert report.ok, report.format()
+    meta = ModelMetadata.from_props(onnx_props(report.output))
+    assert not any("Attention" in o or "split-qkv" in o for o in meta.optimizations)
+    assert "Attention" not in op_types(report.output)  # every block's attention stays written out
+
+
+def test_broken_fusion_falls_back_to_the_plain_graph(tmp_path: Path, monkeypatch) -> None:
+    from vit import optimize
+
+    real_fuse = optimize.fuse
+
+    def broken(model, num_heads, hidden_size):
+        fused, applied = real_fuse(model, num_heads, hidden_size)
+        bias = next(t for t in fused.graph.initializer if t.name.endswith("head.bias"))
+        values = onnx.numpy_helper.to_array(bias).copy() + 1.0  # a wrong but runnable graph
+        bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+        return fused, applied
+
+    monkeypatch.setattr(optimize, "fuse", broken)
+    logged: list[str] = []
+    net = qk_norm_net()
+    for block in net.blocks:  # plain attention this time, so the fused graph is really tried
+        block.attn.q_norm = block.attn.k_norm = torch.nn.Identity()
+    report = export_tiny(net, tmp_path / "model.onnx", log=logged.append)
+    assert report.ok and report.files[0].method == "plain"
+    assert ModelMetadata.from_props(onnx_props(report.output)).optimizations == []
+    assert any("falling back to the unfused graph" in line for line in logged + report.notes)
