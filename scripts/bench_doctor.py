@@ -99,7 +99,7 @@ def bench_dups(args: argparse.Namespace) -> None:
             for i, image in enumerate(images[c]):
                 save(image, root / split / c / f"{i:04d}{ext}")
     tick = time.monotonic()
-    base = examine(root, labels=False)
+    base = examine(root, labels=False, near_correlation=args.near_correlation)
     base_seconds = time.monotonic() - tick
     items = {it.relative: (it.split, base.classes[it.label]) for it in base.items}
     known = {pair for issue in base.issues if issue.kind in DUP_KINDS for pair in pairs_of(issue, items)}
@@ -146,7 +146,7 @@ def bench_dups(args: argparse.Namespace) -> None:
             origin[target] = source
             truth[name].append(tuple(sorted((source, target))))
     tick = time.monotonic()
-    report = examine(root, labels=False)
+    report = examine(root, labels=False, near_correlation=args.near_correlation)
     seconds = time.monotonic() - tick
     items = {it.relative: (it.split, report.classes[it.label]) for it in report.items}
 
@@ -319,6 +319,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--each", type=int, default=40, help="injections of each kind (dups)")
     parser.add_argument("--budget", default="5m")
+    parser.add_argument(
+        "--near-correlation", type=float, default=0.9, help="dups: vit doctor --near-correlation"
+    )
     parser.add_argument("--learner", choices=("kmeans", "vit"), default="kmeans")
     parser.add_argument("--model", default=None, help="a vit checkpoint for the label check")
     parser.add_argument("-o", "--output", type=Path, default=None, help="speed: write the report here")

@@ -219,7 +219,7 @@ def examine(
             report.issues.append(Issue("unreadable", [item.relative], 1.0))
             report.reasons[item.relative] = fp.reason
     with stage("near-duplicate search", search_blocks(len(items)), progress) as advance:
-        i, j, similarity = near_duplicates(prints, near_bits, near_correlation, advance)
+        i, j, similarity = near_duplicates(prints, near_bits, near_correlation, advance, near_correlation)
     report.issues += group_issues(items, i, j, similarity)
     input_side = None
     if labels:
@@ -322,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--near-bits", type=int, default=NEAR_BITS, help="candidate phash distance (of 64 bits)"
     )
     parser.add_argument(
-        "--near-correlation", type=float, default=NEAR_CORRELATION, help="confirming thumbnail correlation"
+        "--near-correlation",
+        type=float,
+        default=NEAR_CORRELATION,
+        help="confirming pixel correlation at 16 and 32 px (0.97 for tiny, low-detail images such as digits)",
     )
     parser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="as `vit fit --data.max_pixels`"
