@@ -15,12 +15,14 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from serve import health, oip, v1
+from serve.docs import add_docs_routes
 from serve.engine import Engine
 from serve.errors import install_error_handlers
 from serve.lifecycle import RequestLifecycle
@@ -93,8 +95,8 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(oip.router)
     add_page(app)
-    if settings.docs:
-        add_docs(app)
+    add_docs_routes(app, settings)
+    add_schemas(app, oip.component_schemas())
     app.add_middleware(RequestLifecycle, timeout_s=lambda: settings.request_timeout_s)
     app.add_middleware(BodyLimit, max_body_bytes=lambda: settings.max_body_bytes)
     app.add_middleware(
@@ -113,20 +115,14 @@ def add_page(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
-def add_docs(app: FastAPI) -> None:
-    """/docs and /redoc from package files when they are vendored, else FastAPI's defaults."""
-    try:
-        from serve.docs import add_docs_routes
-    except ImportError:  # the vendored assets are not there: FastAPI's pages
-        from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+def add_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
+    """Put request-body schemas that no parameter declares (routes that parse their own body)
+    into the document's components, where their ``$ref`` s point."""
+    generate = app.openapi
 
-        @app.get("/docs", include_in_schema=False)
-        async def swagger():  # type: ignore[no-untyped-def]
-            return get_swagger_ui_html(openapi_url="/openapi.json", title="vit serve")
+    def openapi() -> dict[str, Any]:
+        document = generate()
+        document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return document
 
-        @app.get("/redoc", include_in_schema=False)
-        async def redoc():  # type: ignore[no-untyped-def]
-            return get_redoc_html(openapi_url="/openapi.json", title="vit serve")
-
-        return
-    add_docs_routes(app)
+    app.openapi = openapi  # type: ignore[method-assign]

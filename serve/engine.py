@@ -218,7 +218,10 @@ class Engine:
         results = session.run(wanted, {self.input_name: batch.astype(self.input_dtype, copy=False)})
         logits = np.asarray(results[0][:count], dtype=np.float32)
         attention = np.asarray(results[1][:count], dtype=np.float32) if attend else None
-        extra = {name: np.asarray(r[:count]) for name, r in zip(self.trust_names, results[1 + attend :], strict=True)}
+        extra = {
+            name: np.asarray(r[:count])
+            for name, r in zip(self.trust_names, results[1 + attend :], strict=True)
+        }
         return Outputs(logits=logits, attention=attention, extra=extra)
 
     def describe(self) -> dict[str, Any]:
@@ -244,4 +247,3 @@ class Engine:
             "run_batch_size": self.run_batch_size,
             "trust": self.trust.describe(),
         }
-

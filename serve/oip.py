@@ -178,11 +178,20 @@ async def model_ready(name: str, state: StateDep, version: str | None = None) ->
     return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def component_schemas() -> dict[str, Any]:
+    """The infer request's schema and the models it refers to, for the document's components."""
+    schema = InferRequest.model_json_schema(ref_template=REF_TEMPLATE)
+    return {**schema.pop("$defs", {}), "InferRequest": schema}
+
+
 INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": InferRequest.model_json_schema()},
+            "application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="InferRequest")}},
             "application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"},
                 "description": "JSON header of Inference-Header-Content-Length bytes, then binary tensors",

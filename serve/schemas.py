@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Prediction(BaseModel):
@@ -110,6 +110,8 @@ class Reloaded(ModelInfo):
 
 
 class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     path: str | None = Field(None, description="another file in the model directory (default: the same file)")
 
 

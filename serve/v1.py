@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from pydantic import ValidationError
 
 from serve.deps import Admin, Keyed, StateDep
@@ -24,6 +25,7 @@ log = logging.getLogger("serve")
 router = APIRouter(prefix="/v1", tags=["v1"])
 EXPORT_HINT = "export one with `vit export CKPT -o model.onnx --with-attention`"
 MAX_RELOAD_BODY = 4096
+OVERLAY_SIDE = 1024  # longest side of the /v1/explain PNG
 IMAGE_ERRORS = errors(400, 401, 413, 415, 422, 499, 503, 504)
 
 TopK = Annotated[
@@ -108,6 +110,9 @@ def overlay_png(answer: Answer) -> bytes:
     view = image.crop(
         (round(left * width), round(top * height), round(right * width), round(bottom * height))
     )
+    # Drawn at display size: blending and PNG-encoding a crop of the full source would cost
+    # memory and seconds in proportion to the upload's pixels (up to --max-pixels).
+    view.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return png_bytes(overlay_heatmap(view, answer.result.attention))
 
 
