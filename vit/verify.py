@@ -40,7 +40,7 @@ class Comparison:
     accuracy: float | None  # of the candidate, when the inputs are labelled
 
 
-def check_images(root: Path, limit: int) -> list[Path]:
+def sample_check_files(root: Path, limit: int) -> list[Path]:
     """Up to ``limit`` image files under ``root``, spread evenly over the sorted list."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -58,7 +58,7 @@ def load_check_inputs(
     root: Path, labels: list[str], preprocessing: Preprocessing, limit: int = 256
 ) -> CheckInputs:
     """Real images; targets are the images' folder names when all of them are class names."""
-    files = check_images(root, limit)
+    files = sample_check_files(root, limit)
     kept: list[Path] = []
     arrays: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []

@@ -390,7 +390,7 @@ def test_static_int8_passes_and_serves(
     assert served == expected
 
 
-def test_static_int8_needs_check_images(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_static_int8_needs_check_data(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     args = ["-o", str(tmp_path / "m.onnx"), "--quantize", "int8", "--int8-method", "static"]
     assert main([str(tiny_checkpoint), *args]) == 2
     assert "--check-data" in capsys.readouterr().err
