@@ -1,22 +1,33 @@
-"""Inference benchmark: torch eager vs onnxruntime fp32 vs onnxruntime int8 (vs torch.compile).
+"""Inference benchmark: what `vit export` writes against a plain torch.onnx.export and torch eager.
 
-    python scripts/bench_infer.py [--rounds 2] [--seconds 2] [--threads 2] [--compile] [--int8-variants]
-        [--checkpoint CKPT --data ~/.cache/vit-data/cifar10 [--eval-limit N]]
+    python scripts/bench_infer.py [--presets recipe 224] [--rounds 2] [--seconds 2] [--threads 2]
+        [--compile] [--int8-variants [NAME ...]] [--checkpoint CKPT --data ~/.cache/vit-data/cifar10]
 
-Presets: ``32`` (configs/vit-tiny-32.yaml: img 32, patch 4, dim 192, depth 6, heads 3) and
-``224`` (timm vit_tiny_patch16_224), randomly initialised (speed does not depend on the weights)
-and exported by the project's exporter (:func:`vit.export.export_net`, fp32 + int8). Every
-measurement runs in its own process (``--worker``) with ``--threads`` intra-op threads, and the
-engines are interleaved round by round (A,B,C,A,B,C) so that load drift on a shared machine hits
-them alike. Throughput is batch / median call latency after warm-up; the table gives the median
-over rounds and the ratio to torch eager measured in the same run. On a shared machine the
-calls are also grouped into >= 0.3 s windows and /proc/stat tells how much CPU other processes
-used in each: the "quiet" columns are the median over windows where that was under 10%, the
-closest a busy machine gets to an idle one (n/a when there was no such window).
+Presets: ``recipe`` (configs/cifar10.yaml's model: vit_resstem_nano_patch4_32, 32 px), ``32``
+(configs/vit-tiny-32.yaml: plain ViT, img 32, patch 4, dim 192, depth 6) and ``224`` (timm
+vit_tiny_patch16_224), randomly initialised (speed does not depend on the weights; the weights
+are perturbed so that no two tensors are equal, as in a trained model). Engines, same weights:
 
-With ``--checkpoint`` (a 32 px CIFAR-10 model from ``vit fit``) and ``--data`` (a folder with
-``test/<class>/``), the checkpoint is exported (fp32 + int8) and both files are evaluated on the
-test split through ``vit eval``'s code: the accuracy cost of int8.
+- ``torch`` / ``torch-passive``: eager PyTorch (passive: OMP_WAIT_POLICY=PASSIVE);
+- ``ort-plain``: the plain ``torch.onnx.export(net, x, dynamo=True)`` a user of any other tool
+  deploys, with onnxruntime's default optimisations;
+- ``ort-fp32``: `vit export`'s fp32 file (fused graph, vit/optimize.py);
+- ``ort-int8``: `vit export --quantize int8`'s file (the method it kept); ``ort-int8-dynamic`` and
+  ``ort-int8-static``: both methods, whichever was kept.
+
+Every onnxruntime engine runs with the server's session options (no spinning) and ``--threads``
+intra-op threads, so the files are compared, not the settings. Every measurement runs in its own
+process (``--worker``), and the engines are interleaved round by round (A,B,C,A,B,C) so that load
+drift on a shared machine hits them alike. Throughput is batch / median call latency after
+warm-up; the table gives the median over rounds and the ratios to torch eager and to the plain
+export measured in the same run. On a shared machine the calls are also grouped into >= 0.3 s
+windows and /proc/stat tells how much CPU other processes used in each: the "quiet" columns are
+the median over windows where that was under 10% (n/a when there was no such window).
+
+Calibration images for static int8: 64 CIFAR-10 test images from ``--data`` (flattened, so the
+export fits no OOD statistics on a random model). With ``--checkpoint`` (a 32 px CIFAR-10 model
+from ``vit fit``), the checkpoint is exported (plain, fp32, both int8 methods; calibrated on
+``--data``/train) and every file is evaluated on the test split through ``vit eval``'s code.
 """
 
 from __future__ import annotations
@@ -37,64 +48,150 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PRESETS: dict[str, dict[str, Any]] = {
+    "recipe": {
+        "model": "vit_resstem_nano_patch4_32",
+        "img_size": 32,
+        "patch_size": 4,
+        "embed_dim": 128,
+        "depth": 2,
+        "num_heads": 4,
+        "mlp_ratio": 2.0,
+        "crop_pct": 1.0,
+    },
     "32": {"img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 6, "num_heads": 3, "crop_pct": 1.0},
     "224": {"img_size": 224, "crop_pct": 0.875},
 }
 MODEL_NAME = "vit_tiny_patch16_224"
+CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # torch-passive: torch eager with OMP_WAIT_POLICY=PASSIVE, the OpenMP counterpart of the
 # no-spinning setting the onnxruntime sessions use (it matters when the cores are shared)
-ENGINES = ["torch", "torch-passive", "ort-fp32", "ort-int8"]
-# alternatives to vit.quantize.INT8_DEFAULTS, measured with --int8-variants
+ENGINES = [
+    "torch",
+    "torch-passive",
+    "ort-plain",
+    "ort-fp32",
+    "ort-int8",
+    "ort-int8-dynamic",
+    "ort-int8-static",
+]
+# alternatives to vit.quantize's defaults, measured with --int8-variants
 INT8_VARIANTS: dict[str, dict[str, Any]] = {
-    "int8-pc": {"per_channel": True},
-    "int8-rr": {"reduce_range": True},
-    "int8-u8": {"weight_type": "QUInt8"},
-    "int8-conv": {"op_types": ["MatMul", "Gemm", "Conv"]},
+    "int8-dynamic": {"method": "dynamic"},  # both methods at their defaults, always written
+    "int8-static": {"method": "static"},
+    "int8-pc": {"method": "dynamic", "per_channel": True},
+    "int8-rr": {"method": "dynamic", "reduce_range": True},
+    "int8-u8": {"method": "dynamic", "weight_type": "QUInt8"},
+    "int8-conv": {"method": "dynamic", "op_types": ["MatMul", "Gemm", "Conv"]},
+    "static-entropy": {"method": "static", "calibration": "entropy"},
+    "static-percentile": {"method": "static", "calibration": "percentile"},
+    "static-pt": {"method": "static", "per_channel": False},
+    "static-all-ops": {"method": "static", "op_types": []},  # [] = every operator onnxruntime quantizes
 }
+
+
+def model_name(preset: str) -> str:
+    return PRESETS[preset].get("model", MODEL_NAME)
 
 
 def build_net(preset: str) -> Any:
     import timm
     import torch
 
+    import vit.stems  # noqa: F401 (registers the conv-stem models)
+
     torch.manual_seed(0)
-    config = {k: v for k, v in PRESETS[preset].items() if k != "crop_pct"}
-    return timm.create_model(MODEL_NAME, pretrained=False, num_classes=10, **config).eval()
+    net = timm.create_model(model_name(preset), pretrained=False, num_classes=10, **model_config(preset))
+    with torch.no_grad():  # distinct values: timm's zero/one inits would share ONNX initializers
+        for parameter in net.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return net.eval()
 
 
-def write_variants(fp32: Path, variants: list[str]) -> None:
+def plain_export(net: Any, size: int, path: Path, props: dict[str, str]) -> None:
+    """What a user of any other tool deploys: torch.onnx.export with a dynamic batch, nothing else
+    (the vit metadata is copied in so that the servers of bench_serve.py can read it)."""
+    import onnx
+    import torch
+
+    from vit.onnxfile import to_onnx
+
+    with torch.inference_mode():
+        model = to_onnx(net, (size, size), ["logits"], 20)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def write_variants(fp32: Path, variants: list[str], calibration: Any) -> None:
     """``NAME.<variant>.onnx`` beside ``fp32``: int8 with other settings, metadata copied."""
     import onnx
 
-    from vit.quantize import quantize_int8
+    from vit.quantize import quantize_dynamic_int8, quantize_static_int8
 
     props = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     for variant in variants:
-        model = quantize_int8(fp32, **INT8_VARIANTS[variant])
+        options = dict(INT8_VARIANTS[variant])
+        if options.pop("method") == "static":
+            if options.get("op_types") == []:
+                options["op_types"] = None
+            model = quantize_static_int8(fp32, calibration, **options)
+        else:
+            model = quantize_dynamic_int8(fp32, **options)
         onnx.helper.set_model_props(model, {**props, "vit.precision": "int8"})
         onnx.save(model, str(fp32.with_suffix(f".{variant}.onnx")))
 
 
-def prepare(work: Path, presets: list[str], variants: list[str]) -> None:
-    """Random-init weights (for torch) and their fp32 + int8 exports (for onnxruntime)."""
+def flat_sample(images: Path, folder: Path, n: int = 64) -> Path:
+    """``n`` JPEGs spread over ``images`` (any layout) copied into one flat ``folder``: check and
+    calibration images without class folders, so no OOD statistics are fitted on a random model."""
+    import shutil
+
+    if not folder.is_dir():
+        files = sorted(images.rglob("*.jpg"))
+        if not files:
+            raise SystemExit(f"no JPEGs under {images}: unzip the CIFAR-10 folders first")
+        staging = folder.with_name(folder.name + ".partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shutil.copy(files[i * len(files) // n], staging / f"{i:03d}.jpg")
+        staging.rename(folder)
+    return folder
+
+
+def model_config(preset: str) -> dict[str, Any]:
+    return {k: v for k, v in PRESETS[preset].items() if k not in ("crop_pct", "model")}
+
+
+def prepare(work: Path, presets: list[str], variants: list[str], data: Path) -> None:
+    """Random-init weights (for torch), the plain export and `vit export`'s files (for onnxruntime)."""
+    import onnx
     import torch
 
     from serve.preprocess import Preprocessing
     from vit.export import export_net
+    from vit.verify import load_check_inputs
 
+    folder = flat_sample(data / "test", work / "calibration")
     for preset in presets:
         fp32 = work / f"{preset}.onnx"
-        if not fp32.with_suffix(".int8.onnx").exists():  # --work DIR: reuse an earlier run's exports
+        size = PRESETS[preset]["img_size"]
+        pre = Preprocessing(input_size=(size, size), crop_pct=PRESETS[preset]["crop_pct"])
+        if not fp32.with_suffix(".plain.onnx").exists():  # --work DIR: reuse an earlier run's exports
             net = build_net(preset)
             torch.save(net.state_dict(), work / f"{preset}.pt")
-            size = PRESETS[preset]["img_size"]
-            pre = Preprocessing(input_size=(size, size), crop_pct=PRESETS[preset]["crop_pct"])
-            labels = [f"class{i}" for i in range(10)]
             report = export_net(
-                net, fp32, labels=labels, preprocessing=pre, model_name=MODEL_NAME, quantize="int8"
-            )
+                net, fp32, labels=CIFAR_LABELS, preprocessing=pre, model_name=model_name(preset),
+                model_config=model_config(preset), check_data=folder, quantize="int8",
+            )  # fmt: skip
             print(report.format(), file=sys.stderr)
-        write_variants(fp32, [v for v in variants if not fp32.with_suffix(f".{v}.onnx").exists()])
+            props = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+            plain_export(net, size, fp32.with_suffix(".plain.onnx"), {**props, "vit.optimizations": "[]"})
+        missing = [
+            v
+            for v in ["int8-dynamic", "int8-static", *variants]
+            if not fp32.with_suffix(f".{v}.onnx").exists()
+        ]
+        if missing:
+            write_variants(fp32, missing, load_check_inputs(folder, CIFAR_LABELS, pre, 64).images)
 
 
 def worker(engine: str, preset: str, batch: int, threads: int, seconds: float, work: Path) -> dict[str, Any]:
@@ -119,9 +216,10 @@ def worker(engine: str, preset: str, batch: int, threads: int, seconds: float, w
     else:
         from vit.classifier import open_session
 
-        precision = engine.removeprefix("ort-")
-        suffix = ".onnx" if precision == "fp32" else f".{precision}.onnx"
-        session = open_session(work / f"{preset}{suffix}", "cpu", threads)
+        name = engine.removeprefix("ort-")
+        fp32 = work / f"{preset}.onnx"
+        path = fp32 if name == "fp32" else fp32.with_suffix(f".{name}.onnx")
+        session = open_session(path, "cpu", threads)
 
         def run() -> None:
             session.run(None, {"images": images})
@@ -204,8 +302,8 @@ def summarise(
 ) -> str:
     """Median over rounds, and the median of the quiet windows (other processes < 10% CPU)."""
     lines = [
-        "| preset | batch | engine | img/s | p50 latency ms | vs torch | vs torch-passive "
-        "| quiet img/s (windows) | quiet vs torch | img/s per round |",
+        "| preset | batch | engine | img/s | p50 latency ms | vs torch | vs ort-plain "
+        "| quiet img/s (windows) | quiet vs ort-plain | img/s per round |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for preset in presets:
@@ -220,13 +318,13 @@ def summarise(
             for e in engines:
                 latency = statistics.median(r["latency_ms"] for r in rows[e])
                 spread = ", ".join(f"{r['img_s']:.1f}" for r in rows[e])
-                q, q0 = quiet[e], quiet["torch"]
+                q, q0 = quiet[e], quiet["ort-plain"]
                 quiet_text = f"{q:.1f} ({len(windows[e])})" if q else "n/a (0)"
                 ratio = f"{q / q0:.2f}x" if q and q0 else "n/a"
-                passive = f"{speed[e] / speed['torch-passive']:.2f}x" if "torch-passive" in speed else "n/a"
                 lines.append(
-                    f"| {preset} px | {batch} | {e} | {speed[e]:.1f} | {latency:.1f} | "
-                    f"{speed[e] / speed['torch']:.2f}x | {passive} | {quiet_text} | {ratio} | {spread} |"
+                    f"| {preset} | {batch} | {e} | {speed[e]:.1f} | {latency:.1f} | "
+                    f"{speed[e] / speed['torch']:.2f}x | {speed[e] / speed['ort-plain']:.2f}x | "
+                    f"{quiet_text} | {ratio} | {spread} |"
                 )
     return "\n".join(lines)
 
@@ -234,19 +332,32 @@ def summarise(
 def accuracy(
     checkpoint: Path, data: Path, work: Path, threads: int, limit: int | None, variants: list[str]
 ) -> str:
-    """fp32 and int8 exports of ``checkpoint`` evaluated on ``data``'s test split."""
+    """The plain export, `vit export`'s fp32 and int8 files (both methods, calibrated and checked on
+    256 images of ``data``/train) of ``checkpoint``, evaluated on ``data``'s test split."""
     import numpy as np
+    import onnx
 
+    from vit.checkpoint import load_checkpoint
     from vit.classifier import OnnxClassifier
     from vit.evaluate import evaluate, select_samples
     from vit.export import export_model
+    from vit.verify import load_check_inputs
 
-    report = export_model(checkpoint, work / "trained.onnx", check_data=data / "test", quantize="int8")
+    report = export_model(checkpoint, work / "trained.onnx", check_data=data / "train", quantize="int8")
     print(report.format(), file=sys.stderr)
-    write_variants(report.output, variants)
+    loaded = load_checkpoint(checkpoint)
+    props = {p.key: p.value for p in onnx.load(str(report.output)).metadata_props}
+    size = loaded.preprocessing.input_size[0]
+    plain_export(
+        loaded.net, size, report.output.with_suffix(".plain.onnx"), {**props, "vit.optimizations": "[]"}
+    )
+    calibration = load_check_inputs(data / "train", loaded.labels, loaded.preprocessing, 256).images
+    variants = ["int8-dynamic", "int8-static", *variants]
+    write_variants(report.output, variants, calibration)
     lines = ["| file | top-1 | top-5 | n | eval s |", "|---|---:|---:|---:|---:|"]
     top1 = {}
-    files = {f.precision: f.path for f in report.files}
+    files = {"plain": report.output.with_suffix(".plain.onnx")}
+    files.update({f"{f.precision} ({f.method})": f.path for f in report.files if f.precision != "fp16"})
     files.update({v: report.output.with_suffix(f".{v}.onnx") for v in variants})
     for name, path in files.items():
         classifier = OnnxClassifier.open(path, "cpu", threads)
@@ -261,7 +372,8 @@ def accuracy(
             f"{time.perf_counter() - started:.0f} |"
         )
     lines.append("")
-    lines += [f"{n} - fp32 top-1: {100 * (top1[n] - top1['fp32']):+.2f} points" for n in top1 if n != "fp32"]
+    base = next(n for n in top1 if n.startswith("fp32"))
+    lines += [f"{n} - {base} top-1: {100 * (top1[n] - top1[base]):+.2f} points" for n in top1 if n != base]
     return "\n".join(lines)
 
 
@@ -273,7 +385,11 @@ def machine() -> str:
             (line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line), "?"
         )
         found = sorted(
-            {f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in text}
+            {
+                f
+                for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
+                if f" {f}" in text
+            }
         )
         flags = f"{model}, {os.cpu_count()} cores, {'/'.join(found)}"
     import onnxruntime
@@ -284,7 +400,7 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=["recipe", "224"], choices=list(PRESETS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
@@ -311,8 +427,9 @@ def main() -> int:
         started = time.time()
         print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start", flush=True)
         variants = list(INT8_VARIANTS) if args.int8_variants == [] else (args.int8_variants or [])
-        prepare(work, args.presets, variants)
-        engines = ENGINES + [f"ort-{v}" for v in variants] + (["torch-compile"] if args.compile else [])
+        prepare(work, args.presets, variants, args.data.expanduser())
+        extra = [f"ort-{v}" for v in variants if f"ort-{v}" not in ENGINES]
+        engines = ENGINES + extra + (["torch-compile"] if args.compile else [])
         results = measure(args, work, engines)
         print(f"\n{args.threads} threads, {args.rounds} rounds, {args.seconds:g} s per measurement")
         print(summarise(results, engines, args.presets, args.batches))

@@ -16,15 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import litserve as ls
 import numpy as np
 from fastapi import FastAPI, File, UploadFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve.engine import softmax  # noqa: E402
 from serve.metadata import ModelMetadata  # noqa: E402
 from serve.preprocess import decode_image  # noqa: E402
+from serve.trust import softmax  # noqa: E402
 
 
 def top5(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
@@ -64,6 +63,8 @@ def torch_app(model: str) -> Any:
     import timm
     import torch
 
+    import vit.stems  # noqa: F401 (registers the conv-stem models of the 32 px recipe)
+
     meta = ModelMetadata.from_props(ort.InferenceSession(model).get_modelmeta().custom_metadata_map)
     config = {k: v for k, v in meta.model_config.items() if k not in ("num_classes", "pretrained")}
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -80,35 +81,36 @@ def torch_app(model: str) -> Any:
     return app
 
 
-class OnnxAPI(ls.LitAPI):
-    """LitServe's documented pattern: setup / decode_request / batch / predict / unbatch / encode_response."""
-
-    def __init__(self, model: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.model = model
-
-    def setup(self, device: str) -> None:
-        self.session, self.meta = load_onnx(self.model)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def decode_request(self, request):  # noqa: ANN001 (unannotated: LitServe then passes the form)
-        data = request["file"].file.read()
-        return self.meta.preprocessing(decode_image(data, preprocessing=self.meta.preprocessing))
-
-    def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-        return np.stack(inputs)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x if x.ndim == 4 else x[None]})[0]
-
-    def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
-        return list(output)
-
-    def encode_response(self, output: np.ndarray) -> dict[str, Any]:
-        return {"predictions": top5(output.reshape(-1, output.shape[-1])[0], self.meta.labels)}
-
-
 def run_litserve(model: str, port: int, max_batch_size: int, batch_timeout: float) -> None:
+    import litserve as ls  # only this peer needs it (pip install litserve)
+
+    class OnnxAPI(ls.LitAPI):
+        """LitServe's documented pattern: setup / decode_request / batch / predict / unbatch / encode_response."""
+
+        def __init__(self, model: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.model = model
+
+        def setup(self, device: str) -> None:
+            self.session, self.meta = load_onnx(self.model)
+            self.input_name = self.session.get_inputs()[0].name
+
+        def decode_request(self, request):  # noqa: ANN001 (unannotated: LitServe then passes the form)
+            data = request["file"].file.read()
+            return self.meta.preprocessing(decode_image(data, preprocessing=self.meta.preprocessing))
+
+        def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
+            return np.stack(inputs)
+
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return self.session.run(None, {self.input_name: x if x.ndim == 4 else x[None]})[0]
+
+        def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
+            return list(output)
+
+        def encode_response(self, output: np.ndarray) -> dict[str, Any]:
+            return {"predictions": top5(output.reshape(-1, output.shape[-1])[0], self.meta.labels)}
+
     api = OnnxAPI(model, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
     server.run(

@@ -2,8 +2,12 @@
 
     python scripts/bench_serve.py MODEL IMAGES_DIR [--make-model] [--duration 8] [--rounds 3] [--requests 10000]
 
-MODEL is a `vit export` ONNX file (``--make-model`` writes a randomly initialised timm
-vit_tiny_patch16_224 there first, with its ``.int8.onnx`` sibling: enough for speed).
+MODEL is a `vit export` ONNX file (``--make-model`` writes a randomly initialised model there
+first, ``--make-preset`` 224 (timm vit_tiny_patch16_224, default) or recipe (the 32 px CIFAR-10
+recipe model), with its ``.int8.onnx`` sibling (``--make-int8-method``) and a ``.plain.onnx``
+plain torch.onnx.export of the same weights: enough for speed). The peers (LitServe, the naive
+FastAPI + onnxruntime server, FastAPI + torch) serve ``--peer-model``, by default that plain
+export when it exists: what a user of another tool deploys.
 IMAGES_DIR holds JPEGs, e.g. CIFAR-10's test split (``unzip -q ../shared/data/cifar10-jpeg.zip
 -d ~/.cache/vit-data``; IMAGES_DIR ``~/.cache/vit-data/cifar10/test``). They are upscaled to
 ~320 px JPEGs in a cache folder and posted as multipart ``file`` bodies, the same bytes to
@@ -55,18 +59,38 @@ from serve.preprocess import decode_image  # noqa: E402
 CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def make_model(path: Path) -> None:
-    """Random-init vit_tiny_patch16_224 through the real exporter (fp32 + int8): for speed only."""
-    import timm
+def make_model(path: Path, images_dir: Path, preset: str = "224", int8_method: str = "auto") -> None:
+    """A random-init model (``bench_infer.py``'s preset) through the real exporter: ``path`` (fp32),
+    its ``.int8.onnx`` (the method `vit export` kept, calibrated on 64 of ``images_dir``'s JPEGs)
+    and its ``.plain.onnx`` (a plain torch.onnx.export, what a user of other tools deploys).
+    For speed only."""
+    import onnx
+    from bench_infer import PRESETS, build_net, flat_sample, model_config, model_name, plain_export
 
     from serve.preprocess import Preprocessing
     from vit.export import export_net
 
-    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=len(CIFAR_LABELS))
-    pre = Preprocessing(input_size=(224, 224), crop_pct=0.9, mean=(0.5,) * 3, std=(0.5,) * 3)
-    export_net(
-        net, path, labels=CIFAR_LABELS, preprocessing=pre, model_name="vit_tiny_patch16_224", quantize="int8"
+    net = build_net(preset)
+    size = PRESETS[preset]["img_size"]
+    pre = Preprocessing(input_size=(size, size), crop_pct=PRESETS[preset]["crop_pct"])
+    report = export_net(
+        net,
+        path,
+        labels=CIFAR_LABELS,
+        preprocessing=pre,
+        model_name=model_name(preset),
+        model_config=model_config(preset),
+        check_data=flat_sample(images_dir, CACHE / "calibration"),
+        quantize="int8",
+        int8_method=int8_method,
     )
+    print(report.format(), flush=True)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    plain_export(net, size, plain_path(path), {**props, "vit.optimizations": "[]"})
+
+
+def plain_path(model: Path) -> Path:
+    return model.with_name(model.name.removesuffix(".onnx") + ".plain.onnx")
 
 
 def images_per_second(
@@ -236,6 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--int8", type=Path, help="int8 model (default: MODEL's .int8.onnx sibling if present)"
     )
+    parser.add_argument(
+        "--peer-model",
+        type=Path,
+        help="the file LitServe, the naive and the torch servers get (default: MODEL's .plain.onnx "
+        "sibling, the plain torch.onnx.export --make-model writes, if present; else MODEL)",
+    )
+    parser.add_argument(
+        "--make-preset", default="224", help="--make-model's bench_infer.py preset (224, recipe, 32)"
+    )
+    parser.add_argument(
+        "--make-int8-method",
+        default="auto",
+        choices=["auto", "dynamic", "static"],
+        help="--make-model's `vit export --int8-method` (auto judges a random model by agreement)",
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat all measurements; the report gives per-round medians"
@@ -261,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     if args.make_model and not args.model.exists():
-        make_model(args.model)
+        make_model(args.model, args.images_dir.expanduser(), args.make_preset, args.make_int8_method)
     int8 = args.int8 or args.model.with_name(args.model.name.removesuffix(".onnx") + ".int8.onnx")
+    peer = args.peer_model or (plain_path(args.model) if plain_path(args.model).exists() else args.model)
     images = prepare_images(args.images_dir.expanduser(), args.images, args.size)
     CACHE.mkdir(parents=True, exist_ok=True)
     python = sys.executable
@@ -275,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 python,
                 "scripts/bench_peers.py",
                 "litserve",
-                str(args.model),
+                str(peer),
                 "--port",
                 "8112",
                 "--max-batch-size",
@@ -288,19 +328,19 @@ def main(argv: list[str] | None = None) -> int:
             "/health",
         ),
         "LitServe no batch": (
-            [python, "scripts/bench_peers.py", "litserve", str(args.model), "--port", "8113"],
+            [python, "scripts/bench_peers.py", "litserve", str(peer), "--port", "8113"],
             8113,
             "/predict",
             "/health",
         ),
         "FastAPI+ORT naive": (
-            [python, "scripts/bench_peers.py", "naive", str(args.model), "--port", "8114"],
+            [python, "scripts/bench_peers.py", "naive", str(peer), "--port", "8114"],
             8114,
             "/predict",
             "/docs",
         ),
         "FastAPI+torch eager": (
-            [python, "scripts/bench_peers.py", "torch", str(args.model), "--port", "8115"],
+            [python, "scripts/bench_peers.py", "torch", str(peer), "--port", "8115"],
             8115,
             "/predict",
             "/docs",
@@ -323,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "model": str(args.model),
+        "peer_model": str(peer),
         "cpus": args.server_cpus or os.cpu_count(),
         "load": os.getloadavg(),
     }

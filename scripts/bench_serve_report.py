@@ -103,7 +103,12 @@ def report(results: dict[str, Any]) -> None:
                 line += f"; c=1 p50 {faster_at_c1(baseline):+.1f} ms faster"
             print(line)
         if "FastAPI+torch eager" in systems and "vit serve int8" in systems:
-            print(f"int8 vs torch eager: {versus('vit serve int8', 'FastAPI+torch eager'):.2f}x (>= 2.5)")
+            print(f"int8 vs torch eager: {versus('vit serve int8', 'FastAPI+torch eager'):.2f}x (>= 4)")
+        if "FastAPI+ORT naive" in systems and "vit serve int8" in systems:
+            print(
+                f"int8 vs naive FastAPI+ORT on {Path(results.get('peer_model', results['model'])).name}: "
+                f"{versus('vit serve int8', 'FastAPI+ORT naive'):.2f}x (>= 1.2)"
+            )
         if 1 in concurrencies:
             # Against the batch-1 latency and decode time of the same round (runs from before
             # rounds measured them once: the first round's for all).

@@ -116,7 +116,8 @@ def quantize_static_int8(fp32_path: Path, images: np.ndarray, **overrides: Any) 
             quantized,
             ImageReader(images, input_name),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(options["op_types"]),
+            # None: every operator type onnxruntime's QDQ quantizer handles
+            op_types_to_quantize=None if options["op_types"] is None else list(options["op_types"]),
             per_channel=options["per_channel"],
             activation_type=QuantType[options["activation_type"]],
             weight_type=QuantType[options["weight_type"]],
