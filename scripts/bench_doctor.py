@@ -46,7 +46,9 @@ def source_images(source: str, split: str, per_class: int, cifar: Path) -> dict[
 
     digits = load_digits()
     half = len(digits.target) // 2
-    index = range(half) if split == "train" else range(half, len(digits.target))
+    index = {"train": range(half), "test": range(half, len(digits.target))}.get(
+        split, range(len(digits.target))
+    )
     out: dict[str, list[Image.Image]] = {}
     for k in index:
         pixels = (digits.images[k] * (255 / 16)).astype(np.uint8)
@@ -197,7 +199,9 @@ def bench_labels(args: argparse.Namespace) -> None:
 
     rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix="doctor-labels-")) / "data"
-    images = source_images(args.source, "train", args.per_class, args.cifar)
+    images = source_images(
+        args.source, "train" if args.source == "cifar" else "all", args.per_class, args.cifar
+    )
     classes = sorted(images)
     ext = ".jpg" if args.source == "cifar" else ".png"
     everything = [(c, i) for c in classes for i in range(len(images[c]))]
