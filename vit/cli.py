@@ -197,6 +197,9 @@ def run_lightning(argv: list[str]) -> int:
                 trainer.logger = default_loggers(trainer.default_root_dir or DEFAULT_ROOT)
             if self.subcommand == "fit":  # per-class table, confusion matrix and curves.png, once
                 trainer.callbacks = [*(trainer.callbacks or []), {"class_path": "vit.callbacks.RunReport"}]
+            if self.subcommand == "fit":  # temperature of best/last on the val split (docs/TRUST.md)
+                calibrate = {"class_path": "vit.trustfit.CalibrateAtFitEnd"}
+                trainer.callbacks = [*(trainer.callbacks or []), calibrate]
             if trainer.enable_progress_bar is not False and importlib.util.find_spec("rich"):
                 bar = {"class_path": "lightning.pytorch.callbacks.RichProgressBar"}
                 trainer.callbacks = [*(trainer.callbacks or []), bar]

@@ -47,8 +47,12 @@ def fit_mahalanobis(features: np.ndarray, targets: np.ndarray, classes: int) -> 
             raise ValueError(f"fit_mahalanobis: no training features for class index {c}")
         means[c] = rows.mean(axis=0)
     estimator = LedoitWolf(assume_centered=True).fit(f - means[targets])
-    # Cholesky of the precision: W Wᵀ = Σ⁻¹ (precision is symmetric positive definite after shrinkage)
-    whiten = np.linalg.cholesky(estimator.precision_)
+    # W Wᵀ = Σ⁻¹ from the eigen-decomposition of the shrunk covariance, eigenvalues floored: with
+    # very few images (or features that barely vary) the covariance is near singular and a
+    # Cholesky factor of the precision fails in floating point.
+    values, vectors = np.linalg.eigh(estimator.covariance_)
+    floor = max(float(values.max(initial=0.0)) * 1e-6, 1e-12)
+    whiten = vectors / np.sqrt(np.maximum(values, floor))
     return MahalanobisStats(means.astype(np.float32), whiten.astype(np.float32), float(estimator.shrinkage_))
 
 
