@@ -117,6 +117,9 @@ def plain_export(net: Any, size: int, path: Path, props: dict[str, str]) -> None
 
     with torch.inference_mode():
         model = to_onnx(net, (size, size), ["logits"], 20)
+    # logits only: no OOD score output (and so no OOD rule) in the plain graph
+    props = {k: v for k, v in props.items() if k != "vit.ood"}
+    props["vit.outputs"] = json.dumps({"logits": "logits", "attention": None})
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(path))
 
