@@ -14,6 +14,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,16 +132,16 @@ class Settings(BaseSettings):
         """The folder reloads may load from: ``model_dir`` or the starting model's folder."""
         return (self.model_dir or self.model.parent).resolve()
 
-    @property
+    @cached_property
     def key(self) -> str | None:
-        """The API key: ``api_key``, or the first line of ``api_key_file``."""
+        """The API key: ``api_key``, or the first line of ``api_key_file`` (read once)."""
         if self.api_key:
             return self.api_key
         if self.api_key_file is not None:
             return read_key_file(self.api_key_file)
         return None
 
-    @property
+    @cached_property
     def admin(self) -> str | None:
         """The key for admin routes: ``admin_key``, else the API key."""
         return self.admin_key or self.key
