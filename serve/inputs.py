@@ -60,12 +60,11 @@ async def read_uploads(request: Request, max_images: int) -> tuple[list[Upload],
     if content_type == "multipart/form-data":
         form = await request.form()
         try:
-            fields = [(k, v) for k, v in form.multi_items() if k in FILE_FIELDS]
-            if any(not isinstance(v, UploadFile) for _, v in fields):
+            parts = [(k, v) for k, v in form.multi_items() if k in FILE_FIELDS]
+            if any(not isinstance(v, UploadFile) for _, v in parts):
                 raise ApiError(
                     422, "missing_file", "multipart fields 'file' and 'files' must be file uploads"
                 )
-            parts = fields
             if not parts:
                 raise ApiError(422, "missing_file", "multipart body has no file in field 'file' or 'files'")
             check_count(len(parts), max_images)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from serve.errors import ApiError
+from serve.inputs import check_count
 
 BYTES_INPUT = "image_bytes"
 DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
@@ -108,10 +109,7 @@ def image_blobs(tensor: dict[str, Any], raw: bytes | None, max_images: int) -> l
     shape = check_shape(BYTES_INPUT, tensor.get("shape"))
     if tensor.get("datatype") != "BYTES":
         raise bad(f"input {BYTES_INPUT!r} must be BYTES, got {tensor.get('datatype')!r}")
-    if int(np.prod(shape)) > max_images:
-        raise ApiError(
-            413, "too_many_images", f"{int(np.prod(shape))} images in one request; the limit is {max_images}"
-        )
+    check_count(int(np.prod(shape)), max_images)
     if raw is not None:
         blobs = split_bytes(raw)
     else:

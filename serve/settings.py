@@ -117,9 +117,9 @@ class Settings(BaseSettings):
             raise ValueError("image_formats must name at least one Pillow format")
         return self
 
-    @property
+    @cached_property
     def formats(self) -> tuple[str, ...]:
-        """``image_formats`` as Pillow format names (upper case)."""
+        """``image_formats`` as Pillow format names (upper case); parsed once, read per image."""
         return tuple(f.strip().upper() for f in self.image_formats.split(",") if f.strip())
 
     @property

@@ -83,12 +83,11 @@ class ServerState:
         warm_up(engine, settings.max_batch_size, settings.run_batch_size, self.batcher.instances)
         return engine
 
-    async def load(self, path: str | Path | None = None, engine: Engine | None = None) -> Engine:
-        """Load (or take) an engine, warm it off the event loop, then swap it in."""
+    async def load(self, path: Path, engine: Engine | None = None) -> Engine:
+        """Load ``path`` (or take ``engine``), warm it off the event loop, then swap it in."""
         async with self._reload_lock:
-            target = Path(path) if path else (self.engine.path if self.engine else self.settings.model)
             start = time.perf_counter()
-            new = await asyncio.to_thread(self._build, target, engine)
+            new = await asyncio.to_thread(self._build, Path(path), engine)
             seconds = new.load_seconds + time.perf_counter() - start
             self.engine, self.ready, self.load_error = new, True, None
             self.metrics.load_seconds.set(seconds)
