@@ -415,3 +415,44 @@ def test_stop_fails_images_a_worker_holds_while_collecting() -> None:
         assert engine.calls == []
 
     run(main())
+
+
+def test_jobs_run_on_the_inference_thread_and_a_failing_job_fails_only_its_image() -> None:
+    class Made:
+        def __init__(self, value: float) -> None:
+            self.array = item(value)
+            self.thread = threading.current_thread().name
+
+    def job(value: float):  # noqa: ANN202
+        def make() -> Made:
+            if value < 0:
+                raise ValueError(f"cannot decode image {value}")
+            return Made(value)
+
+        return make
+
+    async def main() -> None:
+        engine = FakeEngine()
+        engine.gate.clear()
+        batches: list[int] = []
+        batcher = Batcher(max_batch_size=8, max_wait_ms=0, on_batch=batches.append)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(engine, [item(0)]))
+        await wait_entered(engine)  # the rest queue behind it and run as one batch
+        good = asyncio.ensure_future(batcher.submit(engine, [job(1.0), item(2)]))
+        bad = asyncio.ensure_future(batcher.submit(engine, [job(-1.0)]))
+        later = asyncio.ensure_future(batcher.submit(engine, [job(3.0)]))
+        await wait_queued(batcher, 5)
+        engine.gate.set()
+        await first
+        made, plain = await good
+        assert made.logits.tolist() == [1.0, -1.0] and plain.logits.tolist() == [2.0, -2.0]
+        assert made.prepared.thread.startswith("vit-infer") and plain.prepared is None
+        with pytest.raises(ValueError, match="cannot decode image -1.0"):
+            await bad
+        (after,) = await later
+        assert after.logits.tolist() == [3.0, -3.0]  # the row after the failed one is its own
+        assert batches == [1, 4] and engine.calls[1] == [1.0, 2.0, 3.0]  # the failure is not inferred
+        await batcher.stop()
+
+    run(main())
