@@ -8,8 +8,7 @@
 is already in the data, e.g. CIFAR's own near duplicates, and is left out of the precision),
 then injects byte copies, re-encoded + resized copies, slightly cropped copies, cross-split
 copies and copies under a second class, and scores each kind. ``labels`` moves 5% of a flat
-folder's images into a wrong class and scores the label issues. Run heavy modes under
-``flock /tmp/vit-cpu.lock``.
+folder's images into a wrong class and scores the label issues.
 """
 
 from __future__ import annotations
@@ -199,9 +198,8 @@ def bench_labels(args: argparse.Namespace) -> None:
 
     rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix="doctor-labels-")) / "data"
-    images = source_images(
-        args.source, "train" if args.source == "cifar" else "all", args.per_class, args.cifar
-    )
+    split = args.split or ("train" if args.source == "cifar" else "all")
+    images = source_images(args.source, split, args.per_class, args.cifar)
     classes = sorted(images)
     ext = ".jpg" if args.source == "cifar" else ".png"
     everything = [(c, i) for c in classes for i in range(len(images[c]))]
@@ -328,6 +326,11 @@ def main() -> None:
     )
     parser.add_argument("--learner", choices=("kmeans", "vit"), default="kmeans")
     parser.add_argument("--model", default=None, help="a vit checkpoint for the label check")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="labels: the source split (default: CIFAR train; `test` with --model: images it never saw)",
+    )
     parser.add_argument("-o", "--output", type=Path, default=None, help="speed: write the report here")
     args = parser.parse_args()
     {"speed": bench_speed, "dups": bench_dups, "labels": bench_labels}[args.mode](args)

@@ -1,6 +1,6 @@
 """HTTP protocol cost: uvicorn's plain httptools, the guarded one (serve/http.py), and h11.
 
-    flock /tmp/vit-cpu.lock .venv/bin/python scripts/bench_http.py [--rounds 6] [--seconds 2] [--header-mb 120]
+    .venv/bin/python scripts/bench_http.py [--rounds 6] [--seconds 2] [--header-mb 120]
 
 Each protocol serves the same app (``create_app`` with the tiny ONNX model of the server
 tests, so the protocol's share of the work is as large as it gets) on loopback; `wrk` (one

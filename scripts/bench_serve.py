@@ -8,8 +8,8 @@ recipe model), with its ``.int8.onnx`` sibling (``--make-int8-method``) and a ``
 plain torch.onnx.export of the same weights: enough for speed). The peers (LitServe, the naive
 FastAPI + onnxruntime server, FastAPI + torch) serve ``--peer-model``, by default that plain
 export when it exists: what a user of another tool deploys.
-IMAGES_DIR holds JPEGs, e.g. CIFAR-10's test split (``unzip -q ../shared/data/cifar10-jpeg.zip
--d ~/.cache/vit-data``; IMAGES_DIR ``~/.cache/vit-data/cifar10/test``). They are upscaled to
+IMAGES_DIR holds JPEGs, e.g. CIFAR-10's test split (docs/BENCHMARKS.md, "Data": IMAGES_DIR
+``~/.cache/vit-data/cifar10/test``). They are upscaled to
 ~320 px JPEGs in a cache folder and posted as multipart ``file`` bodies, the same bytes to
 every server, by `wrk` (Debian's; a separate, low-overhead process) at each concurrency.
 In one run, interleaved by concurrency (the servers not being measured are paused with

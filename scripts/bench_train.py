@@ -1,6 +1,6 @@
 """Training throughput: compute only vs the data pipeline vs both, fp32 vs bf16, in one run.
 
-    python scripts/bench_train.py ../shared/data/cifar10-jpeg.zip [--config configs/vit-tiny-32.yaml]
+    python scripts/bench_train.py ~/.cache/vit-data/cifar10 [--config configs/vit-tiny-32.yaml]
         [--rounds 3] [--steps 6] [--bf16-steps 1] [--no-bf16] [--no-jpeg] [--batch-size N]
 
 The zip (or an already unpacked folder with ``train/<class>/``) is CIFAR-10 as JPEG files; it is

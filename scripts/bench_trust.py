@@ -1,6 +1,6 @@
 """What the trust step costs: a file without OOD score against the same weights with it, plus Trust.apply.
 
-    flock /tmp/vit-cpu.lock python scripts/bench_trust.py PLAIN.onnx WITH_OOD.onnx [--batch 32] [--rounds 30]
+    python scripts/bench_trust.py PLAIN.onnx WITH_OOD.onnx [--batch 32] [--rounds 30]
 
 Both files are run on the same random batch, interleaved round by round (so drift in the
 machine's load hits both alike); the medians and their ratio are printed (docs/TRUST.md).

@@ -37,7 +37,10 @@ if [ ! -d "$ROOT/val" ]; then
   for dir in "$CIFAR"/test/*/; do
     class=$(basename "$dir")
     mkdir -p "$ROOT/val/$class"
-    find "$dir" -maxdepth 1 -type f | sort | head -n 200 | while read -r file; do
+    # Read the whole sorted list first: `find | sort | head` fails under pipefail when head
+    # closes the pipe early (SIGPIPE, exit 141).
+    mapfile -t files < <(find "$dir" -maxdepth 1 -type f | sort)
+    for file in "${files[@]:0:200}"; do
       ln -sf "$file" "$ROOT/val/$class/$(basename "$file")"
     done
   done

@@ -6,7 +6,7 @@ one's), the peak resident set is reset just before (``/proc/self/clear_refs``) a
 address-space cap, so a case that would take tens of gigabytes ends in MemoryError instead of
 the OOM killer.
 
-    flock /tmp/vit-cpu.lock .venv/bin/python scripts/decode_memory.py [--against HEAD~1]
+    .venv/bin/python scripts/decode_memory.py [--against HEAD~1]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Compare OOD scores (MSP, energy, Mahalanobis) of a checkpoint on proxy out-of-distribution folders.
 
-    flock /tmp/vit-cpu.lock python scripts/ood_compare.py CKPT IN_ROOT --out NAME=DIR [--out ...]
+    python scripts/ood_compare.py CKPT IN_ROOT --out NAME=DIR [--out ...]
     python scripts/ood_compare.py --make-textures DIR      # random textures as PNG files
 
 In-distribution: the test split of IN_ROOT when it has one (else its validation split); the
