@@ -16,9 +16,8 @@ ready when several workers are free are shared out between them. ``instances``
 workers (Triton's ``instance_group`` count) run that many batches at the same time, each on its
 own thread and its instance's session (:meth:`serve.engine.Engine.warmup`), never on the event
 loop: on a 2-core CPU two single-threaded calls at once keep both cores busy with no
-thread-pool hand-offs (docs/BENCHMARKS.md). A queued image may also be a job (decoding a
-small JPEG) that the worker's inference thread runs before stacking the batch. Each queued
-image carries the engine it was preprocessed for, so a hot reload never mixes models inside a batch and requests already
+thread-pool hand-offs (docs/BENCHMARKS.md). Each queued image carries the engine it was
+preprocessed for, so a hot reload never mixes models inside a batch and requests already
 queued finish on the engine they started with.
 """
 
@@ -32,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -60,17 +59,11 @@ class ItemResult:
     attention: np.ndarray | None
     engine: Engine
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # other outputs (OOD inputs)
-    prepared: Any = None  # what a submitted job returned (its ``array`` was the model input)
-
-
-# What :meth:`Batcher.submit` queues: a preprocessed image, or a job that makes one (decoding
-# an upload) on the inference thread that runs its batch.
-Input = np.ndarray | Callable[[], HasArray]
 
 
 @dataclass
 class _Item:
-    input: Input
+    array: np.ndarray
     engine: Engine
     with_attention: bool
     future: asyncio.Future[ItemResult]
@@ -84,47 +77,15 @@ def _fail(items: list[_Item], exc: BaseException) -> None:
             item.future.set_exception(exc)
 
 
-def _row(outputs: Outputs, row: int, engine: Engine, prepared: Any = None) -> ItemResult:
+def _row(outputs: Outputs, row: int, engine: Engine) -> ItemResult:
     """One image's share of a batch's outputs."""
     attention = outputs.attention[row] if outputs.attention is not None else None
-    extra = {k: v[row] for k, v in outputs.extra.items()}
-    return ItemResult(outputs.logits[row], attention, engine, extra, prepared)
+    return ItemResult(outputs.logits[row], attention, engine, {k: v[row] for k, v in outputs.extra.items()})
 
 
-@dataclass
-class _Ran:
-    """A batch after its inference thread: outputs of the images that could be prepared."""
-
-    outputs: Outputs | None
-    prepared: list[Any]  # per item: what its job returned (None for arrays and failures)
-    failed: dict[int, BaseException]  # item index -> why its job failed
-
-
-def _infer(engine: Engine, inputs: list[Input], with_attention: bool, instance: int) -> _Ran:
-    """Run the jobs (decoding), stack and infer, all on this inference thread, off the event loop:
-    one thread hop per batch instead of one more per image, and no decoding pool contending
-    with inference for the cores. A job that fails fails its own image only."""
-    arrays: list[np.ndarray] = []
-    prepared: list[Any] = []
-    failed: dict[int, BaseException] = {}
-    for index, given in enumerate(inputs):
-        if isinstance(given, np.ndarray):
-            arrays.append(given)
-            prepared.append(None)
-            continue
-        try:
-            made = given()
-        except Exception as exc:  # e.g. an undecodable upload: that request's 400, not the batch's
-            failed[index] = exc
-            prepared.append(None)
-            continue
-        arrays.append(made.array)
-        prepared.append(made)
-    outputs = None
-    if arrays:
-        # Stacking a large batch is a ~20 MB copy: done here too.
-        outputs = engine.infer(np.stack(arrays), with_attention=with_attention, instance=instance)
-    return _Ran(outputs, prepared, failed)
+def _infer(engine: Engine, arrays: list[np.ndarray], with_attention: bool, instance: int) -> Outputs:
+    # Stacking a large batch is a ~20 MB copy: do it here, off the event loop.
+    return engine.infer(np.stack(arrays), with_attention=with_attention, instance=instance)
 
 
 class Batcher:
@@ -226,17 +187,13 @@ class Batcher:
             ]
 
     async def submit(
-        self, engine: Engine, inputs: Sequence[Input], with_attention: bool = False
+        self, engine: Engine, arrays: Sequence[np.ndarray], with_attention: bool = False
     ) -> list[ItemResult]:
-        """Queue all images of one request (or none, raising :class:`OverloadedError`).
-
-        Each input is a preprocessed array or a job returning an object with ``array`` (run on
-        the inference thread of its batch; its return value comes back as ``prepared``).
-        """
+        """Queue all images of one request (or none, raising :class:`OverloadedError`)."""
         self._require_started()
-        self._admit(len(inputs))
+        self._admit(len(arrays))
         loop = asyncio.get_running_loop()
-        items = [_Item(given, engine, with_attention, loop.create_future(), loop.time()) for given in inputs]
+        items = [_Item(a, engine, with_attention, loop.create_future(), loop.time()) for a in arrays]
         for item in items:
             self._queue.put_nowait(item)
         self._pending += len(items)
@@ -322,11 +279,11 @@ class Batcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, items: list[_Item], instance: int) -> None:
         engine = items[0].engine
         try:
-            ran = await loop.run_in_executor(
+            outputs = await loop.run_in_executor(
                 self._executor,
                 _infer,
                 engine,
-                [item.input for item in items],
+                [item.array for item in items],
                 any(item.with_attention for item in items),
                 instance,
             )
@@ -334,15 +291,9 @@ class Batcher:
             log.exception("inference failed for a batch of %d", len(items))
             _fail(items, exc)
             return
-        row = 0
-        for index, item in enumerate(items):
-            if index in ran.failed:
-                _fail([item], ran.failed[index])
-                continue
+        for row, item in enumerate(items):
             if not item.future.done():
-                assert ran.outputs is not None
-                item.future.set_result(_row(ran.outputs, row, engine, ran.prepared[index]))
-            row += 1
+                item.future.set_result(_row(outputs, row, engine))
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Let queued images finish (up to ``timeout``), then stop the workers and their threads."""

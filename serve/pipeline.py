@@ -2,8 +2,7 @@
 
 Named stages, as LitServe's ``LitAPI`` names them::
 
-    decode      upload bytes -> preprocessed array (tensors skip it): small JPEGs on the
-                inference thread of their batch, anything else in the thread pool first
+    decode      upload bytes -> preprocessed array (thread pool; tensors skip it)
     predict     one image on an idle server: decode + infer in one call (Batcher.alone);
                 otherwise the batch queue (Batcher.submit)
     unbatch     the batch's outputs -> one row per image, in request order
@@ -43,16 +42,6 @@ class Answer:
     unknown: bool
 
 
-INLINE_JPEG_BYTES = 256 * 1024  # JPEGs up to this size decode on the inference thread
-
-
-def decodes_inline(item: Item) -> bool:
-    """Whether ``item`` is cheap to decode for certain: a JPEG, whose cost follows its size."""
-    if isinstance(item, np.ndarray):
-        return True
-    return len(item.data) <= INLINE_JPEG_BYTES and item.data[:3] == b"\xff\xd8\xff"
-
-
 class Pipeline:
     """decode -> predict (idle path or batch queue) -> unbatch -> answer, for any route."""
 
@@ -84,28 +73,16 @@ class Pipeline:
     async def predict(
         self, engine: Engine, items: Sequence[Item], attention: bool, keep_image: bool
     ) -> tuple[list[Prepared], list[ItemResult]]:
-        """Stages 1-3: one image on an idle batcher takes the one-hop path; the rest queue.
-
-        Small JPEGs queue undecoded and are decoded on the inference thread that runs their
-        batch (one thread hop fewer per image); anything else is decoded in the pool first, so
-        an image that is slow to decode (a large file, a PNG of many pixels in few bytes) never
-        holds up the other images of a batch.
-        """
-        jobs = [partial(self.decode, engine, item, keep_image) for item in items]
+        """Stages 1-3: one image on an idle batcher takes the one-hop path; the rest queue."""
         if len(items) == 1 and self.batcher.idle():
-            prepared, result = await self.batcher.alone(engine, jobs[0], attention)
+            decode = partial(self.decode, engine, items[0], keep_image)
+            prepared, result = await self.batcher.alone(engine, decode, attention)
             return [prepared], [result]
         loop = asyncio.get_running_loop()
-        with self.batcher.incoming(len(items)):  # the admission check, and open batches wait
-            slow = {
-                i: loop.run_in_executor(self.pool, jobs[i])
-                for i, item in enumerate(items)
-                if not decodes_inline(item)
-            }
-            done = dict(zip(slow, await asyncio.gather(*slow.values()), strict=False)) if slow else {}
-        inputs = [done[i].array if i in done else job for i, job in enumerate(jobs)]
-        results = await self.batcher.submit(engine, inputs, attention)
-        prepared = [done.get(i, r.prepared) for i, r in enumerate(results)]
+        with self.batcher.incoming(len(items)):
+            jobs = [loop.run_in_executor(self.pool, self.decode, engine, item, keep_image) for item in items]
+            prepared = list(await asyncio.gather(*jobs))
+        results = await self.batcher.submit(engine, [p.array for p in prepared], attention)
         return prepared, results
 
     @staticmethod

@@ -54,10 +54,7 @@ class Settings(BaseSettings):
         "with several instances, let the lone-request session's threads spin between operators "
         "(lowest c=1 latency on dedicated cores; --no-spin where other work shares the cores)",
     )
-    preprocess_threads: int = _opt(
-        2,
-        "threads that decode and preprocess images other than small JPEGs (those decode on the inference threads)",
-    )
+    preprocess_threads: int = _opt(2, "threads that decode and preprocess images")
     max_queue: int = _opt(256, "images waiting for inference before 503")
     api_key: str | None = _opt(
         None, "require this key (Bearer or X-API-Key); visible in the process list: prefer --api-key-file"

@@ -110,34 +110,3 @@ def test_oip_classification_is_calibrated_and_logits_stay_raw(
     assert label == "dog" and float(score) == pytest.approx(softmax(logits[None], 2.0)[0].max(), abs=1e-5)
     raw = client.post("/v2/models/trusted/infer", json={**body, "outputs": [{"name": "logits"}]}).json()
     assert raw["outputs"][0]["data"] == pytest.approx(logits.tolist(), abs=1e-5)
-
-
-def test_small_jpegs_decode_on_the_inference_thread_others_in_the_pool(
-    make_client: MakeClient, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import threading
-
-    import serve.pipeline
-
-    threads: dict[str, str] = {}
-    real = serve.pipeline.prepare
-
-    def recording(upload, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        threads[upload.name] = threading.current_thread().name
-        return real(upload, *args, **kwargs)
-
-    monkeypatch.setattr(serve.pipeline, "prepare", recording)
-    client = make_client(tiny_model)
-    jpeg, png = image_bytes("dog", fmt="JPEG"), image_bytes("cat")
-    files = [("files", ("a.jpg", jpeg, "image/jpeg")), ("files", ("b.png", png, "image/png"))]
-    answers = client.post("/v1/classify", files=files).json()  # two images: the batch queue
-    assert threads["a.jpg"].startswith("vit-infer") and threads["b.png"].startswith("vit-pre")
-    for answer, data in zip(answers, (jpeg, png), strict=True):
-        expected = softmax(direct_logits(tiny_model, data)[None])[0]
-        assert {p["index"]: p["score"] for p in answer["predictions"]} == pytest.approx(
-            dict(enumerate(expected)), abs=1e-6
-        )
-    broken = [("files", ("ok.jpg", jpeg, "image/jpeg")), ("files", ("cut.jpg", jpeg[:60], "image/jpeg"))]
-    refused = client.post("/v1/classify", files=broken)
-    assert refused.status_code == 400 and "cut.jpg" in refused.json()["error"]["message"]
-    assert client.post("/v1/classify", files=files).status_code == 200  # the worker lives on
