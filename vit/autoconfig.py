@@ -11,12 +11,15 @@ folder and sets nothing else:
   images; measured on 2 CPU cores, the small conv-stem model with 8x8 tokens learned the most
   per minute); above, ViT-Tiny/16, or ViT-Small/16 with a GPU and at least 100k training images;
 * batch size: 128 up to 64 px, else 64 — at most an eighth of the training images;
-* augmentation and regularisation by training-image count (:data:`REGULARISATION`): below 40k
+* with a time limit (``--budget``): the model size (vit.sizing: the largest rung of a ladder
+  that sees enough epochs at this machine's measured speed), the faster of fp32 and native
+  bf16, and regularisation that follows the epochs (:func:`regularisation_for_epochs`);
+* without one, augmentation and regularisation by training-image count (:data:`REGULARISATION`): below 40k
   images timm's random-resized crops (0.08-1) and drop-path 0.1; from 40k the CIFAR-10 recipe
   (whole images and flips, no drop-path, EMA, LR 2e-3 at batch 128, clipping), because a large
   folder under-fits in a short budget and a small one over-fits (docs/TRAINING_RECIPES.md);
 * no horizontal flips for grey folders (digits, text, scans, X-rays: a mirror image is another
-  thing; 3.7 points on a digit folder);
+  thing; measured in docs/TRAINING_RECIPES.md);
 * decoded cache: on for images up to 64 px, ``auto`` (when it fits) above;
 * precision: bf16-mixed where the hardware computes in bf16 (CUDA with bf16, CPUs with
   AVX512-BF16 or AMX); 32-true elsewhere, where bf16 is emulated and many times slower;
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vit.folder import discover, mostly_grey, probe_headers
+from vit.sizing import Throughput
 
 IMG_SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
 SMALL_IMAGE_MODEL = "vit_resstem_nano_patch4_32"
@@ -90,6 +94,30 @@ def choose_regularisation(train_images: int) -> dict[str, Any]:
     return {"data.scale": [low, 1.0], "model.drop_path_rate": drop_path}
 
 
+def regularisation_for_epochs(epochs: float, steps: float) -> dict[str, Any]:
+    """Regularisation that follows the epochs a time budget buys (``vit fit --budget``).
+
+    Few epochs: whole images, no drop-path, no Mixup (the CIFAR-10 recipe's measured 30-minute
+    setting: a model that sees the data ten times under-fits and regularisation only slows it);
+    from 10 to 40 epochs the crops (down to timm's 0.08) and drop-path (to 0.1) ramp in, the
+    setting measured best on 2,000-image folders at ~50 epochs; from 60 to 150 epochs Mixup
+    (0.8) and CutMix (1.0) ramp in as in DeiT's 300-epoch recipe. The EMA averages the last
+    tenth of the steps (decay 1 - 10 / steps, within 0.99-0.9999), from 1,000 steps on.
+    """
+    crops = min(max((epochs - 10.0) / 30.0, 0.0), 1.0)
+    mixing = min(max((epochs - 60.0) / 90.0, 0.0), 1.0)
+    chosen: dict[str, Any] = {
+        "data.scale": [round(1.0 - 0.92 * crops, 3), 1.0],
+        "model.drop_path_rate": round(0.1 * crops, 3),
+        "model.mixup_alpha": round(0.8 * mixing, 3),
+        "model.cutmix_alpha": round(1.0 * mixing, 3),
+        "model.label_smoothing": 0.1,
+    }
+    if steps >= 1000:
+        chosen["model.ema_decay"] = round(min(max(1.0 - 10.0 / steps, 0.99), 0.9999), 5)
+    return chosen
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (Linux: ``avx512_bf16`` or ``amx_bf16`` flag)."""
     try:
@@ -114,11 +142,19 @@ def choose_model(img_size: int, train_images: int, gpu: bool) -> dict[str, Any]:
     return {"model.model_name": "vit_small_patch16_224" if large else "vit_tiny_patch16_224"}
 
 
-def suggest_defaults(root: str | Path, gpu: bool | None = None, remember: bool = False) -> dict[str, Any]:
+def suggest_defaults(
+    root: str | Path,
+    gpu: bool | None = None,
+    remember: bool = False,
+    budget_seconds: float | None = None,
+    throughput: Throughput | None = None,
+) -> dict[str, Any]:
     """Dotted LightningCLI keys -> values for a folder, e.g. ``{"model.img_size": 32, …}``.
 
-    ``gpu`` defaults to whether CUDA is available. Every value is only a starting point: keys
-    the user sets on the command line or in a config win.
+    ``gpu`` defaults to whether CUDA is available. With ``budget_seconds`` (``--budget``) the
+    model size, precision and regularisation follow what the budget buys on this machine
+    (:func:`size_for_budget`; ``throughput`` injects the measured speeds). Every value is only
+    a starting point: keys the user sets on the command line or in a config win.
     """
     import torch
 
@@ -147,7 +183,44 @@ def suggest_defaults(root: str | Path, gpu: bool | None = None, remember: bool =
         # The CIFAR-10 recipe's optimisation (configs/cifar10.yaml), LR scaled with the batch.
         suggested.update({"model.lr": 2e-3 * batch / 128, "model.ema_decay": 0.999})
         suggested["trainer.gradient_clip_val"] = 1.0
+    if budget_seconds:
+        suggested.update(size_for_budget(suggested, stats, budget_seconds, throughput))
     return suggested
+
+
+SIZED_LR = 2e-3  # the recipe's peak LR at batch 128 and width 128, scaled as sqrt(128 / width)
+
+
+def size_for_budget(
+    suggested: dict[str, Any], stats: FolderStats, budget_seconds: float, throughput: Throughput | None
+) -> dict[str, Any]:
+    """Architecture, precision and regularisation for the budget (vit.sizing): the keys to update.
+
+    The chosen rung's reason is printed by the caller from ``"_reason"``; ``"_measure_seconds"``
+    is the time spent measuring, which ``vit fit`` takes off the budget.
+    """
+    from vit.sizing import MeasuredThroughput, choose, ladder_for
+
+    img_size, batch = suggested["model.img_size"], suggested["data.batch_size"]
+    family, ladder = ladder_for(img_size)
+    if throughput is None:
+        throughput = MeasuredThroughput(img_size, suggested["model.patch_size"], stats.classes, batch)
+    precisions = ["32-true"]
+    if suggested["trainer.precision"] != "32-true":
+        precisions.append(suggested["trainer.precision"])  # native bf16/fp16: kept where it is faster
+    choice = choose(ladder, throughput, budget_seconds, stats.train_images, precisions, family)
+    steps = choice.epochs * stats.train_images / batch
+    chosen = {
+        **choice.rung.settings(),
+        "trainer.precision": choice.precision,
+        **regularisation_for_epochs(choice.epochs, steps),
+        "_reason": choice.reason(budget_seconds, stats.train_images),
+        "_measure_seconds": getattr(throughput, "seconds", 0.0),
+    }
+    if family == "small-images":
+        chosen["model.lr"] = round(SIZED_LR * batch / 128 * math.sqrt(128 / choice.rung.embed_dim), 6)
+        chosen["trainer.gradient_clip_val"] = 1.0
+    return chosen
 
 
 FINETUNE_LR_FRACTION = 0.25  # fine-tuning peaks at a quarter of the from-scratch LR

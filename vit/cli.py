@@ -85,7 +85,7 @@ def automatic_defaults(argv: list[str]) -> dict[str, Any]:
     """
     root = argument_value(argv, "data.root")
     user_keys = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
-    model_keys = {k for k in user_keys if k.startswith("model.")} - {"model.pretrained"}
+    model_keys = {k for k in user_keys if k.startswith("model.")} - {"model.pretrained", "model.size"}
     if not argv or argv[0] != "fit" or root is None or "config" in user_keys or model_keys:
         return {}
     from vit.autoconfig import finetune_defaults, suggest_defaults
@@ -95,13 +95,76 @@ def automatic_defaults(argv: list[str]) -> dict[str, Any]:
     if pretrained:
         chosen = finetune_defaults(root, pretrained, remember=True)
     else:
-        chosen = suggest_defaults(root, remember=True)
+        chosen = suggest_defaults(root, remember=True, budget_seconds=budget_seconds(argv))
+    reason = chosen.pop("_reason", None)
+    MEASURED["seconds"] = chosen.pop("_measure_seconds", 0.0)
     suggested = {k: v for k, v in chosen.items() if k not in user_keys}
     print(
         f"vit fit: no config given; {'fine-tuning ' if pretrained else ''}defaults chosen from the data: "
         + ", ".join(f"{k}={v}" for k, v in suggested.items())
     )
+    if reason:
+        print(f"vit fit: {reason}")
     return suggested
+
+
+# Seconds spent measuring model sizes before the run (vit.sizing): taken off the time limit.
+MEASURED = {"seconds": 0.0}
+
+
+def duration_seconds(duration: str) -> int:
+    """Lightning's ``DD:HH:MM:SS`` -> seconds."""
+    days, hours, minutes, seconds = (int(part) for part in duration.split(":"))
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def budget_seconds(argv: list[str]) -> int | None:
+    """The time limit given on the command line (``--budget`` or ``--trainer.max_time``), if any."""
+    for key in ("budget", "trainer.max_time"):
+        text = argument_value(argv, key)
+        if text and text.lower() not in ("null", "none"):
+            return duration_seconds(parse_duration(text, f"--{key}"))
+    return None
+
+
+def resolve_size(config: Any, budget: int | None) -> None:
+    """``--model.size NAME|auto`` (with a preset): set the architecture keys of that rung.
+
+    ``auto`` sizes from the budget on this machine (vit.sizing); without a time limit it keeps
+    the configured architecture, since there is nothing to size against.
+    """
+    from vit.autoconfig import scan
+    from vit.sizing import MeasuredThroughput, choose, ladder_for, rung_named
+
+    size, model = config.model.get("size"), config.model
+    if not size:
+        return
+    if model.get("pretrained"):
+        raise ValueError(
+            "--model.size: the --model.pretrained weights fix the architecture; give one of the two"
+        )
+    img_size = int(model.img_size)
+    if size == "auto":
+        if not budget:
+            print("vit fit: --model.size auto without a time limit (--budget): the configured model is kept")
+            return
+        stats = scan(config.data.root, remember=True)
+        family, ladder = ladder_for(img_size)
+        speed = MeasuredThroughput(
+            img_size, int(model.patch_size or 16), stats.classes, config.data.batch_size
+        )
+        choice = choose(ladder, speed, budget, stats.train_images, [config.trainer.precision], family)
+        MEASURED["seconds"] += speed.seconds
+        rung = choice.rung
+        print(f"vit fit: {choice.reason(budget, stats.train_images)}")
+    else:
+        rung = rung_named(size, img_size)
+    for key, value in rung.settings().items():
+        name = key.removeprefix("model.")
+        if name == "model_kwargs":
+            value = {**(model.get("model_kwargs") or {}), **value}
+        if name != "size":
+            setattr(model, name, value)
 
 
 def pretrained_data_settings(config: Any) -> dict[str, Any]:
@@ -144,6 +207,7 @@ def run_lightning(argv: list[str]) -> int:
     from vit.pretrained import PretrainedUnavailable
 
     quiet_known_messages()
+    MEASURED["seconds"] = 0.0
     automatic = automatic_defaults(argv)
 
     class ViTCLI(LightningCLI):
@@ -183,6 +247,14 @@ def run_lightning(argv: list[str]) -> int:
                 trainer.max_time = parse_duration(config.budget)
             elif isinstance(trainer.max_time, str):
                 trainer.max_time = parse_duration(trainer.max_time, "--trainer.max_time")
+            limit = duration_seconds(trainer.max_time) if isinstance(trainer.max_time, str) else None
+            if self.subcommand == "fit":
+                resolve_size(config, limit)
+            if limit and MEASURED["seconds"] >= 1:
+                # Measuring the sizes was part of the budget: the training gets the rest.
+                left = max(limit - round(MEASURED["seconds"]), 60)
+                trainer.max_time = parse_duration(f"{left}s")
+                print(f"vit fit: {round(MEASURED['seconds'])} s of the budget spent measuring model sizes")
             if trainer.max_time and trainer.max_epochs in (None, DEFAULT_MAX_EPOCHS):
                 # A time limit (--budget or Lightning's own --trainer.max_time) ends the run and the
                 # schedule is laid over it; an epoch limit the user set still ends it if sooner.

@@ -69,6 +69,9 @@ class ViTClassifier(pl.LightningModule):
         mixup_alpha, cutmix_alpha, mixup_prob: timm Mixup/CutMix (off when both alphas are 0).
         mixup_off: progress after which Mixup/CutMix is switched off.
         ema_decay: keep a timm EMA of the weights (validated and exported instead of the raw ones).
+        size: a rung of vit.sizing's ladders (``nano``, ``micro``, …) or ``auto`` (from the
+            ``--budget`` on this machine); ``vit fit`` turns it into the architecture arguments
+            above before the model is built, and it is kept here as the record of that choice.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class ViTClassifier(pl.LightningModule):
         mixup_prob: float = 1.0,
         mixup_off: float = 0.9,
         ema_decay: float | None = None,
+        size: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -121,8 +125,8 @@ class ViTClassifier(pl.LightningModule):
         # The name export rebuilds the network from: the architecture (a tag or hub name resolved).
         self.architecture = (getattr(self.net, "pretrained_cfg", None) or {}).get("architecture", model_name)
         # Conv stems train faster with channels-last tensors, the layout oneDNN's and cuDNN's
-        # convolutions prefer: 1.17x training throughput for vit_resstem_nano on 2 CPU cores,
-        # where the convs are ~40% of a step (docs/BENCHMARKS.md). Plain patchify models keep
+        # convolutions prefer: faster training where the convs are a large share of a step
+        # (docs/BENCHMARKS.md, "Training speed"). Plain patchify models keep
         # the default layout.
         self.channels_last = has_conv_stem(self.net)
         if self.channels_last:

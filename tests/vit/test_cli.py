@@ -113,9 +113,70 @@ def test_every_time_limit_lifts_the_epoch_limit(
         seen.update(max_epochs=self.max_epochs, duration=timers[0]._duration if timers else None)
 
     monkeypatch.setattr(pl.Trainer, "fit", fake_fit)
+    monkeypatch.setattr("vit.autoconfig.size_for_budget", lambda *a: {})  # sizing: the next test
     main(["fit", "--data.root", str(tiny_folder), *time_flag, "--trainer.default_root_dir", str(tmp_path),
           "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert seen == {"max_epochs": -1, "duration": 90.0}
+
+
+def fake_fit_records(monkeypatch: pytest.MonkeyPatch, seen: dict[str, object]) -> None:
+    """Trainer.fit records the time limit and the model's architecture instead of training."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Timer
+
+    def fake_fit(self: pl.Trainer, model: pl.LightningModule, *args: object, **kwargs: object) -> None:
+        timers = [c for c in self.callbacks if isinstance(c, Timer)]
+        seen.update(duration=timers[0]._duration if timers else None, precision=self.precision, embed_dim=model.net.embed_dim,
+                    depth=len(model.net.blocks), size=model.hparams.size)  # fmt: skip
+
+    monkeypatch.setattr(pl.Trainer, "fit", fake_fit)
+
+
+def test_a_budget_sizes_the_model_and_pays_for_the_measuring(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vit import sizing
+
+    seen: dict[str, object] = {}
+    fake_fit_records(monkeypatch, seen)
+    # Injected speeds: each rung half as fast as the one before; measuring "took" 30 s.
+    speeds = {r.name: 4000.0 / 2**i for i, r in enumerate(sizing.SMALL_IMAGES)}
+    monkeypatch.setattr(sizing, "train_speed", lambda net, *a, **k: speeds[{128: "nano", 192: "micro",
+                        256: "mini", 384: "small"}[net.embed_dim]])  # fmt: skip
+    real_init = sizing.MeasuredThroughput.__init__
+
+    def slow_to_measure(self: sizing.MeasuredThroughput, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)
+        self.seconds = 30.0
+
+    monkeypatch.setattr(sizing.MeasuredThroughput, "__init__", slow_to_measure)
+    main(["fit", "--data.root", str(tiny_folder), "--budget", "10m", "--trainer.default_root_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    out = capsys.readouterr().out
+    # 33 training images need 80 epochs: at 4000 / 2**i img/s over 0.85 * 570 s, every rung sees them
+    assert seen["size"] == "small" and (seen["embed_dim"], seen["depth"]) == (384, 6)
+    assert 565.0 <= seen["duration"] <= 570.0  # 600 s less the 30 s (and the models' building)
+    assert "s of the budget spent measuring model sizes" in out
+    assert "model size small (small-images" in out
+
+
+def test_a_named_or_automatic_size_with_a_preset(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vit import sizing
+
+    seen: dict[str, object] = {}
+    fake_fit_records(monkeypatch, seen)
+    base = ["fit", "--config", "configs/small-images.yaml", "--data.root", str(tiny_folder),
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    main([*base, "--model.size", "mini"])
+    assert (seen["embed_dim"], seen["depth"], seen["size"]) == (256, 4, "mini")
+    monkeypatch.setattr(sizing, "train_speed", lambda net, *a, **k: 1e6 if net.embed_dim == 128 else 1.0)
+    main([*base, "--model.size", "auto", "--budget", "5m"])
+    assert (seen["embed_dim"], seen["depth"]) == (128, 2)  # only the nano is fast enough
+    assert "model size nano" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no size 'huge'.*nano, micro"):
+        main([*base, "--model.size", "huge"])
 
 
 def test_bad_max_time_is_named() -> None:
