@@ -156,9 +156,10 @@ def vit_convstem_nano_patch4_32(pretrained: bool = False, **kwargs: Any) -> Visi
 def vit_resstem_nano_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """The nano stem (32 stride 1, 64 and 128 stride 2) with a residual 3x3 layer after each
     stride-2 layer -> 8x8 tokens at 32 px, then 2 blocks of width 128 (4 heads), MLP ratio 2,
-    average-pooled: ~0.57M params. The CIFAR-10 recipe's model (configs/cifar10.yaml): in 5-minute
-    budgets on 2 CPU cores it beat the 4-block nano by 9 points (and took 1.17x its steps):
-    in a few epochs convolutions learn more per image than attention blocks of the same cost."""
+    average-pooled: ~0.57M params. The CIFAR-10 recipe's model (configs/cifar10.yaml) and the
+    base of vit.sizing's small-image ladder: in short CPU budgets it beat the 4-block nano
+    (docs/TRAINING_RECIPES.md): in a few epochs convolutions learn more per image than
+    attention blocks of the same cost."""
     stem = partial(ConvPatchEmbed, stem_width=32, stage_blocks=1)
     args = _small_image_defaults(patch_size=4, embed_dim=128, depth=2, num_heads=4, embed_layer=stem)
     return _create("vit_resstem_nano_patch4_32", pretrained, **{**args, **kwargs})
