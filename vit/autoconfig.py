@@ -188,7 +188,7 @@ def suggest_defaults(
     return suggested
 
 
-SIZED_LR = 2e-3  # the recipe's peak LR at batch 128 and width 128, scaled as sqrt(128 / width)
+DEFAULT_LR = 1e-3  # ViTClassifier's default: the small-folder defaults leave it, for width 128
 
 
 def size_for_budget(
@@ -218,8 +218,10 @@ def size_for_budget(
         "_measure_seconds": getattr(throughput, "seconds", 0.0),
     }
     if family == "small-images":
-        chosen["model.lr"] = round(SIZED_LR * batch / 128 * math.sqrt(128 / choice.rung.embed_dim), 6)
-        chosen["trainer.gradient_clip_val"] = 1.0
+        # The defaults' peak LR was measured for the nano's width 128; wider rungs take it
+        # scaled by sqrt(128 / width), as Adam's updates grow with the fan-in.
+        base = suggested.get("model.lr", DEFAULT_LR)
+        chosen["model.lr"] = round(base * math.sqrt(128 / choice.rung.embed_dim), 6)
     return chosen
 
 

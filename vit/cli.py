@@ -133,7 +133,7 @@ def resolve_size(config: Any, budget: int | None) -> None:
     ``auto`` sizes from the budget on this machine (vit.sizing); without a time limit it keeps
     the configured architecture, since there is nothing to size against.
     """
-    from vit.autoconfig import scan
+    from vit.autoconfig import choose_patch_size, scan
     from vit.sizing import MeasuredThroughput, choose, ladder_for, rung_named
 
     size, model = config.model.get("size"), config.model
@@ -151,7 +151,10 @@ def resolve_size(config: Any, budget: int | None) -> None:
         stats = scan(config.data.root, remember=True)
         family, ladder = ladder_for(img_size)
         speed = MeasuredThroughput(
-            img_size, int(model.patch_size or 16), stats.classes, config.data.batch_size
+            img_size,
+            int(model.patch_size or choose_patch_size(img_size)),
+            stats.classes,
+            config.data.batch_size,
         )
         choice = choose(ladder, speed, budget, stats.train_images, [config.trainer.precision], family)
         MEASURED["seconds"] += speed.seconds

@@ -118,6 +118,12 @@ def test_a_budget_sizes_the_automatic_defaults(tmp_path: Path, monkeypatch: pyte
     assert fast["model.size"] == "micro" and fast["trainer.precision"] == "32-true"
     assert fast["_reason"].startswith("model size micro") and fast["_measure_seconds"] == 0.0
     assert fast["model.mixup_alpha"] > 0 and fast["model.drop_path_rate"] == 0.1  # ~80 epochs
+    # the small-folder LR (the model's default, measured at width 128) scaled to width 192
+    assert fast["model.lr"] == pytest.approx(autoconfig.DEFAULT_LR * (128 / 192) ** 0.5, rel=1e-3)
+    assert "trainer.gradient_clip_val" not in fast  # small folders: no clipping, as before
+    import inspect
+
+    assert inspect.signature(ViTClassifier).parameters["lr"].default == autoconfig.DEFAULT_LR
     model_args = {k.removeprefix("model."): v for k, v in fast.items() if k.startswith("model.")}
     net = ViTClassifier(num_classes=3, **model_args).net
     assert net.embed_dim == 192 and len(net.blocks) == 3
