@@ -13,7 +13,6 @@ rule of docs/TRAINING_RECIPES.md, "The model grows with the budget"). Nothing is
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -21,8 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vit.autoconfig import cpu_has_bf16  # noqa: E402
+from bench_infer import machine  # noqa: E402
+
+from vit.autoconfig import choose_patch_size, cpu_has_bf16  # noqa: E402
 from vit.cli import duration_seconds, parse_duration  # noqa: E402
 from vit.sizing import choose, ladder_for, machine_key, train_speed  # noqa: E402
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument(
-        "--patch-size", type=int, default=None, help="default: 4 up to 48 px, 8 to 96, else 16"
+        "--patch-size", type=int, default=None, help="default: the automatic path's for --img-size"
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--classes", type=int, default=10)
@@ -44,17 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bf16", action="store_true")
     args = parser.parse_args(argv)
     size = args.img_size
-    patch = args.patch_size or (4 if size <= 48 else 8 if size <= 96 else 16)
+    patch = args.patch_size or choose_patch_size(size)
     family, ladder = ladder_for(size)
     precisions = ["32-true"]
     if not args.no_bf16 and (cpu_has_bf16() or torch.cuda.is_available()):
         precisions.append("bf16-mixed")
-    flags = [
-        f
-        for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
-        if f in Path("/proc/cpuinfo").read_text()
-    ]
-    print(f"machine: {machine_key()}; flags {' '.join(flags)}; {platform.python_version()}")
+    print(f"machine: {machine()}\nthroughput cache key: {machine_key()}")
     nets = {r.name: r.build(size, patch, args.classes) for r in ladder}
     runs: dict[tuple[str, str], list[float]] = {(r.name, p): [] for r in ladder for p in precisions}
     for round_ in range(args.rounds):

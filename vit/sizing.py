@@ -54,21 +54,22 @@ class Rung:
         return chosen
 
     def build(self, img_size: int, patch_size: int, num_classes: int) -> Any:
+        """The network ``vit fit`` would build for this rung (vit.model's one keyword flow)."""
         import timm
 
-        import vit.stems  # noqa: F401  (registers the conv-stem models)
+        from vit.model import timm_config  # importing vit.model registers the conv stems
 
-        extra = {"stem_width": self.stem_width} if self.stem_width else {}
-        return timm.create_model(
-            self.model_name,
+        kwargs = {"stem_width": self.stem_width} if self.stem_width else None
+        config = timm_config(
+            num_classes,
+            kwargs,
             img_size=img_size,
             patch_size=patch_size,
             embed_dim=self.embed_dim,
             depth=self.depth,
             num_heads=self.num_heads,
-            num_classes=num_classes,
-            **extra,
         )
+        return timm.create_model(self.model_name, **config)
 
 
 # Heads of 32 channels for the conv-stem family (the recipe's 128/4), timm's 64 for ViT/16.
@@ -126,7 +127,6 @@ class Choice:
     needed_epochs: float
     family: str
     measured: dict[str, float] = field(default_factory=dict)  # "rung precision" -> img/s
-    measure_seconds: float = 0.0  # spent measuring now (0 when every figure was cached)
 
     def reason(self, budget_seconds: float, train_images: int) -> str:
         """One line: what was chosen and why."""
@@ -156,11 +156,11 @@ def choose(
         measured.update({f"{rung.name} {p}": v for p, v in speeds.items()})
         precision = max(speeds, key=lambda p: speeds[p])
         epochs = USABLE_FRACTION * budget_seconds * speeds[precision] / max(train_images, 1)
-        if chosen is not None and epochs < needed:
+        if epochs < needed and chosen is not None:
             break  # larger rungs are slower still
         chosen = Choice(rung, precision, speeds[precision], epochs, needed, family)
         if epochs < needed:
-            break
+            break  # the smallest rung misses too: it is the choice, nothing larger is measured
     assert chosen is not None, "empty ladder"
     chosen.measured = measured
     return chosen
@@ -200,12 +200,11 @@ class MeasuredThroughput:
         self.img_size, self.patch_size = img_size, patch_size
         self.num_classes, self.batch_size = num_classes, batch_size
         self.cache = cache or default_cache_path()
+        self.machine = machine_key()
         self.seconds = 0.0  # spent measuring (not reading the cache)
 
     def key(self, rung: Rung, precision: str) -> str:
-        return (
-            f"{machine_key()} | {rung} | {self.img_size}px/{self.patch_size} b{self.batch_size} {precision}"
-        )
+        return f"{self.machine} | {rung} | {self.img_size}px/{self.patch_size} b{self.batch_size} {precision}"
 
     def __call__(self, rung: Rung, precision: str) -> float:
         entries = self._read()
