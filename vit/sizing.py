@@ -27,6 +27,11 @@ from vit.atomic import write_atomic
 # the first compiled steps take the rest).
 USABLE_FRACTION = 0.85
 MEASURE_STEPS = 3  # timed steps per rung and precision, after one warm-up step
+# Epochs a 50k-image folder must get from the chosen rung (docs/TRAINING_RECIPES.md: a rung up
+# the ladder trained for 12 epochs ended below the nano trained for 16 on CIFAR-10, so ten was
+# too few; twenty keeps a step up for budgets where it trains at least that long).
+EPOCHS_AT_50K = 20.0
+MAX_EPOCHS_NEEDED = 80.0
 
 
 @dataclass(frozen=True)
@@ -104,13 +109,14 @@ def rung_named(name: str, img_size: int) -> Rung:
 
 
 def min_epochs(train_images: int) -> float:
-    """Epochs the chosen model must see: 10 on a CIFAR-10-sized folder, more on smaller ones.
+    """Epochs the chosen model must see: 20 on a CIFAR-10-sized folder, more on smaller ones.
 
     A small folder is cheap per epoch, so a model that sees it only ten times is far too big
     for its data; growing the need as ``sqrt(50k / N)`` keeps the 2,000-image folders on the
     smallest rung in minutes-long budgets, where it was measured best (docs/TRAINING_RECIPES.md).
     """
-    return min(80.0, max(10.0, 10.0 * math.sqrt(50_000 / max(train_images, 1))))
+    scaled = EPOCHS_AT_50K * math.sqrt(50_000 / max(train_images, 1))
+    return min(MAX_EPOCHS_NEEDED, max(EPOCHS_AT_50K, scaled))
 
 
 Throughput = Callable[[Rung, str], float]  # (rung, precision) -> training images per second
