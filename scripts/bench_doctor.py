@@ -2,7 +2,7 @@
 
     python scripts/bench_doctor.py speed  [--cifar ~/.cache/vit-data/cifar10]
     python scripts/bench_doctor.py dups   [--source cifar|digits] [--per-class 200]
-    python scripts/bench_doctor.py labels [--source cifar|digits] [--per-class 200] [--budget 5m] [--learner kmeans|vit]
+    python scripts/bench_doctor.py labels [--source cifar|digits] [--per-class 200] [--budget 5m] [--learner kmeans|vit|knn] [--model CKPT|NAME] [--split test]
 
 ``dups`` builds train/val folders, runs the doctor once on the clean folder (what it finds there
 is already in the data, e.g. CIFAR's own near duplicates, and is left out of the precision),
@@ -219,6 +219,8 @@ def bench_labels(args: argparse.Namespace) -> None:
     tick = time.monotonic()
     if args.learner == "vit":
         flagged, suggested = vit_kfold_issues(root, budget)
+    elif args.learner == "knn":
+        flagged, suggested = knn_issues(root, args.model)
     else:
         report = examine(root, budget=budget, model=args.model)
         found = [i for i in report.issues if i.kind == "label"]
@@ -234,6 +236,24 @@ def bench_labels(args: argparse.Namespace) -> None:
         f"{100 * len(hit) / len(truth):.1f}% | {100 * len(hit) / max(len(flagged), 1):.1f}% | "
         f"{100 * right / max(len(hit), 1):.1f}% | {seconds:.0f} s |"
     )
+
+
+def knn_issues(root: Path, model: str | None) -> tuple[set[str], dict[str, str]]:
+    """The alternative to the logistic regression on ``--model`` features: k-NN votes, 5 folds."""
+    from cleanlab.filter import find_label_issues
+
+    from vit.doctor_labels import model_features, out_of_sample_probabilities
+
+    if model is None:
+        raise SystemExit("--learner knn needs --model")
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    classes = sorted({p.parent.name for p in paths})
+    labels = np.array([classes.index(p.parent.name) for p in paths])
+    features, _ = model_features(model, [str(p) for p in paths])
+    probs = out_of_sample_probabilities(features, labels, 5, learner="knn")
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    relative = [p.relative_to(root).as_posix() for p in paths]
+    return {relative[k] for k in ranked}, {relative[k]: classes[int(np.argmax(probs[k]))] for k in ranked}
 
 
 def vit_kfold_issues(root: Path, budget: float, folds: int = 5) -> tuple[set[str], dict[str, str]]:
@@ -324,7 +344,13 @@ def main() -> None:
     parser.add_argument(
         "--near-correlation", type=float, default=0.9, help="dups: vit doctor --near-correlation"
     )
-    parser.add_argument("--learner", choices=("kmeans", "vit"), default="kmeans")
+    parser.add_argument(
+        "--learner",
+        choices=("kmeans", "vit", "knn"),
+        default="kmeans",
+        help="kmeans: what `vit doctor` does (logistic regression on --model features when given); "
+        "vit: the project's ViT k-fold; knn: k-NN votes on --model features",
+    )
     parser.add_argument("--model", default=None, help="a vit checkpoint for the label check")
     parser.add_argument(
         "--split",

@@ -309,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="as `vit fit --data.val_fraction`")
     parser.add_argument("--seed", type=int, default=0, help="as `vit fit --data.seed`")
     parser.add_argument(
-        "--model", metavar="CKPT", help="a vit checkpoint: its features for labels and outliers"
+        "--model",
+        metavar="CKPT|NAME",
+        help="features for labels and outliers: a vit checkpoint, or pretrained weights by name "
+        "(timm tag or hf-hub:ORG/NAME, from the local Hugging Face cache)",
     )
     parser.add_argument("--budget", default="5m", help="time for the label check (e.g. 5m, 90s)")
     parser.add_argument("--no-labels", action="store_true", help="skip the label and outlier checks")

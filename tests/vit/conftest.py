@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hubcache import hub_cache  # noqa: F401 (a fixture for every torch-side test)
 from tests.imagegen import write_class_folder
 from vit.cli import main as vit_main
 

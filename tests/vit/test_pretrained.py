@@ -9,6 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from tests.hubcache import cached_repository
 from vit.model import ViTClassifier
 from vit.pretrained import load_pretrained, read_state_dict
 
@@ -56,38 +57,6 @@ def test_unrelated_or_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 # -- named weights through timm, from a Hugging Face cache the test writes (no network) -------
 TAG = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 TINY = dict(img_size=32, **SMALL)
-
-
-def cached_repository(
-    cache: Path, repo: str, weights: dict[str, torch.Tensor], config: dict | None = None
-) -> Path:
-    """The layout huggingface_hub reads offline: refs/main -> snapshots/<commit>/files."""
-    import json
-
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    commit = "0" * 40
-    snapshot = folder / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (folder / "refs").mkdir()
-    (folder / "refs" / "main").write_text(commit)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(snapshot / "model.safetensors"))
-    if config is not None:
-        (snapshot / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-@pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An offline Hugging Face cache in ``tmp_path`` (HF_HUB_OFFLINE=1)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def test_timm_tag_loads_from_the_cache_with_a_new_head(hub_cache: Path) -> None:
