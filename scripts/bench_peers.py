@@ -3,11 +3,17 @@
     python scripts/bench_peers.py naive    MODEL --port 8101   # FastAPI + onnxruntime, one image per call
     python scripts/bench_peers.py torch    MODEL --port 8102   # FastAPI + timm/torch eager (imports torch)
     python scripts/bench_peers.py litserve MODEL --port 8103 [--max-batch-size 32 --batch-timeout 0.005]
+    python scripts/bench_peers.py floor    MODEL --port 8104   # FastAPI, multipart read, no model
+    python scripts/bench_peers.py floor-asgi MODEL --port 8105 # bare ASGI on uvicorn, no model
 
 Every server answers ``POST /predict`` with a multipart ``file`` (the same request bytes the
 benchmark sends to `vit serve`), decodes and preprocesses with ``serve.preprocess`` (the same
 definition), and returns the top-5 as JSON. They are written the way each framework's
 documentation shows, without tuning: the point is what a user gets from each.
+
+The two floors answer the same requests without decoding or running anything (a fixed top-5
+of the model's labels): what uvicorn, and uvicorn + FastAPI's multipart form, cost a request on
+these cores. No server built on them answers faster; decoding and inference come on top.
 """
 
 import argparse
@@ -81,6 +87,49 @@ def torch_app(model: str) -> Any:
     return app
 
 
+def floor_answer(model: str) -> bytes:
+    """The JSON every floor answers: the shape of a top-5 answer, no inference."""
+    import json
+
+    import onnxruntime as ort
+
+    meta = ModelMetadata.from_props(ort.InferenceSession(model).get_modelmeta().custom_metadata_map)
+    return json.dumps({"predictions": top5(np.zeros(len(meta.labels), np.float32), meta.labels)}).encode()
+
+
+def floor_app(model: str) -> Any:
+    """FastAPI reading the multipart ``file`` in an async route, answering a fixed JSON."""
+    from fastapi import Response
+
+    answer = floor_answer(model)
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(file: UploadFile = File(...)) -> Response:  # noqa: B008
+        await file.read()
+        return Response(answer, media_type="application/json")
+
+    return app
+
+
+def floor_asgi_app(model: str) -> Any:
+    """A bare ASGI callable: reads the whole body and answers a fixed JSON (uvicorn's own cost)."""
+    answer = floor_answer(model)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
 def run_litserve(model: str, port: int, max_batch_size: int, batch_timeout: float) -> None:
     import litserve as ls  # only this peer needs it (pip install litserve)
 
@@ -120,7 +169,7 @@ def run_litserve(model: str, port: int, max_batch_size: int, batch_timeout: floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["naive", "torch", "litserve"])
+    parser.add_argument("kind", choices=["naive", "torch", "litserve", "floor", "floor-asgi"])
     parser.add_argument("model")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-batch-size", type=int, default=1)
@@ -131,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import uvicorn
 
-    app = naive_app(args.model) if args.kind == "naive" else torch_app(args.model)
+    apps = {"naive": naive_app, "torch": torch_app, "floor": floor_app, "floor-asgi": floor_asgi_app}
+    app = apps[args.kind](args.model)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -345,6 +345,19 @@ def main(argv: list[str] | None = None) -> int:
             "/predict",
             "/docs",
         ),
+        # No model: what HTTP alone costs a request here (the ceiling for any server on it).
+        "floor FastAPI": (
+            [python, "scripts/bench_peers.py", "floor", str(peer), "--port", "8117"],
+            8117,
+            "/predict",
+            "/docs",
+        ),
+        "floor ASGI": (
+            [python, "scripts/bench_peers.py", "floor-asgi", str(peer), "--port", "8118"],
+            8118,
+            "/predict",
+            "/",
+        ),
     }
     roots: dict[str, Path] = {}
     if args.baseline_ref:

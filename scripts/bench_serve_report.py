@@ -82,7 +82,7 @@ def report(results: dict[str, Any]) -> None:
             a, b = run(ours, top), run(other, top)
             return per_round(rounds, lambda r: a(r)["rps"] / b(r)["rps"] if a(r) and b(r) else None)
 
-        peers = {n: versus("vit serve", n) for n in systems if not n.startswith("vit serve")}
+        peers = {n: versus("vit serve", n) for n in systems if not n.startswith(("vit serve", "floor"))}
         print(
             f"\ntargets at c={top} (medians of per-round ratios): throughput "
             f"{stat('vit serve', top, lambda m, r: m['rps'] / r['raw']['best']):.2f}x raw ORT (>= 0.95); "
@@ -96,6 +96,10 @@ def report(results: dict[str, Any]) -> None:
             return per_round(
                 rounds, lambda r: (b(r)["p50_us"] - a(r)["p50_us"]) / 1e3 if a(r) and b(r) else None
             )
+
+        floors = {n: versus("vit serve", n) for n in systems if n.startswith("floor")}
+        if floors:  # what share of the HTTP-only rate the whole server keeps
+            print("vs the HTTP floors (no model): " + ", ".join(f"{n} {v:.2f}x" for n, v in floors.items()))
 
         for baseline in (n for n in systems if n.startswith("vit serve@")):
             line = f"vs {baseline}: {versus('vit serve', baseline):.2f}x req/s at c={top}"
