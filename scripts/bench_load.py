@@ -44,8 +44,11 @@ def multipart(data: bytes, name: str = "image.jpg") -> bytes:
     return head.encode() + b"Content-Type: image/jpeg\r\n\r\n" + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def write_manifest(name: str, path: str, images: list[bytes], malformed: bool = False) -> Path:
-    """Bodies on disk plus the manifest bench_wrk.lua reads; ``malformed`` mixes in 1 bad of 5."""
+def write_manifest(
+    name: str, path: str, images: list[bytes], malformed: bool = False, raw: bool = False
+) -> Path:
+    """Bodies on disk plus the manifest bench_wrk.lua reads; ``malformed`` mixes in 1 bad of 5;
+    ``raw``: the JPEG bytes as the body (``Content-Type: image/jpeg``) instead of multipart."""
     folder = CACHE / "bodies" / name
     folder.mkdir(parents=True, exist_ok=True)
     form = f"multipart/form-data; boundary={BOUNDARY}"
@@ -58,8 +61,8 @@ def write_manifest(name: str, path: str, images: list[bytes], malformed: bool = 
     lines = []
     for i, data in enumerate(images):
         body = folder / f"{i:04d}.body"
-        body.write_bytes(multipart(data))
-        lines.append(f"POST\t{path}\t{form}\t{body}")
+        body.write_bytes(data if raw else multipart(data))
+        lines.append(f"POST\t{path}\t{'image/jpeg' if raw else form}\t{body}")
         if malformed and i % 4 == 3:
             target, content_type, payload = bad[(i // 4) % len(bad)]
             extra = folder / f"{i:04d}.bad"

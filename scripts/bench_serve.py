@@ -287,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline-ref", help="also serve with `vit serve` as of this git commit (e.g. HEAD~1), side by side"
     )
     parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out (e.g. torch litserve)")
+    parser.add_argument(
+        "--raw-body",
+        action="store_true",
+        help="send `vit serve` the JPEG as the body (image/jpeg) instead of multipart (peers keep multipart)",
+    )
     parser.add_argument("--no-install-size", action="store_true")
     parser.add_argument(
         "--server-cpus", help="pin servers and raw ORT to these cores (taskset list, e.g. 0,1)"
@@ -397,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault("instances", {})[name] = described["batching"]["instances"]
             signal_group(processes[name], signal.SIGSTOP)
         manifests = {
-            name: write_manifest(name.replace(" ", "_"), path, images)
+            name: write_manifest(
+                name.replace(" ", "_"), path, images, raw=args.raw_body and name.startswith("vit serve")
+            )
             for name, (_, _, path, _) in systems.items()
         }
         for index in range(args.rounds):

@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` builds everything; ``uvicorn`` (see ``serve/cli.py``) runs it. Layers,
 outermost first: metrics and access log (``serve/observability.py``), the body limit
-(``serve/limits.py``), deadline and disconnect (``serve/lifecycle.py``), then FastAPI's
-routing and the one error handler (``serve/errors.py``).
+(``serve/limits.py``), deadline and disconnect (``serve/lifecycle.py``), plain ``POST
+/v1/classify`` requests answered past FastAPI (``serve/fastpath.py``), then FastAPI's routing
+and the one error handler (``serve/errors.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from serve import health, oip, v1
 from serve.docs import add_docs_routes
 from serve.engine import Engine
 from serve.errors import install_error_handlers
+from serve.fastpath import FastClassify
 from serve.lifecycle import RequestLifecycle
 from serve.limits import BodyLimit
 from serve.observability import ObservabilityMiddleware
@@ -97,6 +99,7 @@ def create_app(
     add_page(app)
     add_docs_routes(app, settings)
     add_schemas(app, oip.component_schemas())
+    app.add_middleware(FastClassify, answer=v1.classify_response, route=v1.CLASSIFY_ROUTE)
     app.add_middleware(RequestLifecycle, timeout_s=lambda: settings.request_timeout_s)
     app.add_middleware(BodyLimit, max_body_bytes=lambda: settings.max_body_bytes)
     app.add_middleware(

@@ -8,10 +8,11 @@ thread pool, two thread hops per request for a dictionary lookup.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 
 from serve.errors import ApiError
 from serve.state import ServerState
@@ -30,7 +31,7 @@ HeaderKey = Annotated[str | None, Security(api_key_scheme)]
 
 
 def _check(supplied: str | None, key: str) -> None:
-    if not supplied or not hmac.compare_digest(supplied.encode(), key.encode()):
+    if not _matches(supplied, key):
         reason = "wrong API key" if supplied else "missing API key"
         raise ApiError(
             401,
@@ -42,6 +43,24 @@ def _check(supplied: str | None, key: str) -> None:
 
 def _supplied(bearer: HTTPAuthorizationCredentials | None, header: str | None) -> str | None:
     return header or (bearer.credentials.strip() if bearer else None)
+
+
+def _matches(supplied: str | None, key: str) -> bool:
+    return bool(supplied) and hmac.compare_digest(str(supplied).encode(), key.encode())
+
+
+def key_matches(scope: dict[str, Any], key: str | None) -> bool:
+    """Whether a request's headers carry ``key`` as the dependencies read it (True without a key).
+
+    For :mod:`serve.fastpath`, which reads the headers without FastAPI; a request this refuses
+    goes on to :func:`require_key`, which answers it.
+    """
+    if not key:
+        return True
+    headers = Headers(scope=scope)
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else None
+    return _matches(headers.get(api_key_scheme.model.name) or bearer, key)
 
 
 async def require_key(state: StateDep, bearer: Bearer, header: HeaderKey) -> None:

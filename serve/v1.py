@@ -58,6 +58,13 @@ async def classify(
     request: Request, state: StateDep, top_k: TopK = 5, reject_unknown: RejectUnknown = False
 ) -> Response:
     """Top-k classes for one image (raw body) or several (multipart ``file``/``files``)."""
+    return await classify_response(request, state, top_k, reject_unknown)
+
+
+async def classify_response(
+    request: Request, state: ServerState, top_k: int = 5, reject_unknown: bool = False
+) -> Response:
+    """The classify route's work, also run by :mod:`serve.fastpath` for plain requests."""
     engine = state.current()
     uploads, many = await read_uploads(request, state.settings.max_images)
     answers = await state.pipeline.run(engine, uploads, top_k=top_k)
@@ -114,6 +121,9 @@ def overlay_png(answer: Answer) -> bytes:
     # memory and seconds in proportion to the upload's pixels (up to --max-pixels).
     view.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return png_bytes(overlay_heatmap(view, answer.result.attention))
+
+
+CLASSIFY_ROUTE = next(r for r in router.routes if getattr(r, "name", None) == "classify")
 
 
 def describe(state: ServerState) -> dict[str, Any]:
