@@ -250,6 +250,14 @@ def install_size() -> float:
         return sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 1e6
 
 
+def peer_system(
+    kind: str, model: Path, port: int, ready: str, *extra: str
+) -> tuple[list[str], int, str, str]:
+    """(command, port, request path, readiness path) of one ``scripts/bench_peers.py`` server."""
+    command = [sys.executable, "scripts/bench_peers.py", kind, str(model), "--port", str(port), *extra]
+    return command, port, "/predict", ready
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -315,54 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     systems: dict[str, tuple[list[str], int, str, str]] = {
         "vit serve": ([*serve_cmd, str(args.model), "--port", "8110"], 8110, "/v1/classify", "/readyz"),
         "vit serve int8": ([*serve_cmd, str(int8), "--port", "8111"], 8111, "/v1/classify", "/readyz"),
-        "LitServe batch": (
-            [
-                python,
-                "scripts/bench_peers.py",
-                "litserve",
-                str(peer),
-                "--port",
-                "8112",
-                "--max-batch-size",
-                "32",
-                "--batch-timeout",
-                "0.005",
-            ],
-            8112,
-            "/predict",
-            "/health",
+        "LitServe batch": peer_system(
+            "litserve", peer, 8112, "/health", "--max-batch-size", "32", "--batch-timeout", "0.005"
         ),
-        "LitServe no batch": (
-            [python, "scripts/bench_peers.py", "litserve", str(peer), "--port", "8113"],
-            8113,
-            "/predict",
-            "/health",
-        ),
-        "FastAPI+ORT naive": (
-            [python, "scripts/bench_peers.py", "naive", str(peer), "--port", "8114"],
-            8114,
-            "/predict",
-            "/docs",
-        ),
-        "FastAPI+torch eager": (
-            [python, "scripts/bench_peers.py", "torch", str(peer), "--port", "8115"],
-            8115,
-            "/predict",
-            "/docs",
-        ),
+        "LitServe no batch": peer_system("litserve", peer, 8113, "/health"),
+        "FastAPI+ORT naive": peer_system("naive", peer, 8114, "/docs"),
+        "FastAPI+torch eager": peer_system("torch", peer, 8115, "/docs"),
         # No model: what HTTP alone costs a request here (the ceiling for any server on it).
-        "floor FastAPI": (
-            [python, "scripts/bench_peers.py", "floor", str(peer), "--port", "8117"],
-            8117,
-            "/predict",
-            "/docs",
-        ),
-        "floor ASGI": (
-            [python, "scripts/bench_peers.py", "floor-asgi", str(peer), "--port", "8118"],
-            8118,
-            "/predict",
-            "/",
-        ),
+        "floor FastAPI": peer_system("floor", peer, 8117, "/docs"),
+        "floor ASGI": peer_system("floor-asgi", peer, 8118, "/"),
     }
     roots: dict[str, Path] = {}
     if args.baseline_ref:
