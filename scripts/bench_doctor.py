@@ -219,10 +219,14 @@ def bench_labels(args: argparse.Namespace) -> None:
     tick = time.monotonic()
     if args.learner == "vit":
         flagged, suggested = vit_kfold_issues(root, budget)
-    elif args.learner == "knn":
-        flagged, suggested = knn_issues(root, args.model)
     else:
-        report = examine(root, budget=budget, model=args.model)
+        if args.learner == "knn" and args.model is None:
+            raise SystemExit("--learner knn needs --model")
+        report = examine(root, budget=budget, model=args.model, labels=args.learner == "kmeans")
+        if args.learner == "knn":  # the doctor's label check with k-NN votes instead
+            from vit.doctor_labels import label_and_outlier_issues
+
+            report.issues = label_and_outlier_issues(report, args.model, budget, learner="knn")[0]
         found = [i for i in report.issues if i.kind == "label"]
         flagged = {i.paths[0] for i in found}
         suggested = {i.paths[0]: i.suggested for i in found}
@@ -236,24 +240,6 @@ def bench_labels(args: argparse.Namespace) -> None:
         f"{100 * len(hit) / len(truth):.1f}% | {100 * len(hit) / max(len(flagged), 1):.1f}% | "
         f"{100 * right / max(len(hit), 1):.1f}% | {seconds:.0f} s |"
     )
-
-
-def knn_issues(root: Path, model: str | None) -> tuple[set[str], dict[str, str]]:
-    """The alternative to the logistic regression on ``--model`` features: k-NN votes, 5 folds."""
-    from cleanlab.filter import find_label_issues
-
-    from vit.doctor_labels import model_features, out_of_sample_probabilities
-
-    if model is None:
-        raise SystemExit("--learner knn needs --model")
-    paths = sorted(p for p in root.rglob("*") if p.is_file())
-    classes = sorted({p.parent.name for p in paths})
-    labels = np.array([classes.index(p.parent.name) for p in paths])
-    features, _ = model_features(model, [str(p) for p in paths])
-    probs = out_of_sample_probabilities(features, labels, 5, learner="knn")
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-    relative = [p.relative_to(root).as_posix() for p in paths]
-    return {relative[k] for k in ranked}, {relative[k]: classes[int(np.argmax(probs[k]))] for k in ranked}
 
 
 def vit_kfold_issues(root: Path, budget: float, folds: int = 5) -> tuple[set[str], dict[str, str]]:

@@ -91,9 +91,7 @@ def floor_answer(model: str) -> bytes:
     """The JSON every floor answers: the shape of a top-5 answer, no inference."""
     import json
 
-    import onnxruntime as ort
-
-    meta = ModelMetadata.from_props(ort.InferenceSession(model).get_modelmeta().custom_metadata_map)
+    _, meta = load_onnx(model)
     return json.dumps({"predictions": top5(np.zeros(len(meta.labels), np.float32), meta.labels)}).encode()
 
 

@@ -46,7 +46,9 @@ def _supplied(bearer: HTTPAuthorizationCredentials | None, header: str | None) -
 
 
 def _matches(supplied: str | None, key: str) -> bool:
-    return bool(supplied) and hmac.compare_digest(str(supplied).encode(), key.encode())
+    if not supplied:
+        return False
+    return hmac.compare_digest(supplied.encode(), key.encode())
 
 
 def key_matches(scope: dict[str, Any], key: str | None) -> bool:

@@ -201,9 +201,17 @@ def affordable(n: int, seconds_per_image: float, budget: float, fixed: float) ->
 
 
 def label_and_outlier_issues(
-    report: Report, model: str | None = None, budget: float = 300.0, progress: bool = False, seed: int = 0
+    report: Report,
+    model: str | None = None,
+    budget: float = 300.0,
+    progress: bool = False,
+    seed: int = 0,
+    learner: str = "logistic",
 ) -> tuple[list[Issue], list[str], int | None]:
-    """Label and outlier issues for the readable images of ``report``, notes, and the model input side."""
+    """Label and outlier issues for the readable images of ``report``, notes, and the model input side.
+
+    ``learner``: how the features become probabilities (:func:`out_of_sample_probabilities`).
+    """
     from vit.doctor import Issue, stage
 
     start = time.monotonic()
@@ -222,10 +230,10 @@ def label_and_outlier_issues(
         probe = np.sort(rng.choice(len(usable), min(len(usable), DICTIONARY_IMAGES), replace=False))
         tick = time.monotonic()
         sample = thumbnails([usable[k].path for k in probe])
-        learner = KMeansFeatures(seed=seed).fit(sample)
+        describer = KMeansFeatures(seed=seed).fit(sample)
         fixed = time.monotonic() - tick
         tick = time.monotonic()
-        learner.transform(sample[:64])
+        describer.transform(sample[:64])
         per_image = 2 * ((time.monotonic() - tick) / min(64, len(sample)) + fixed / (2 * len(sample)))
         keep = affordable(len(usable), per_image, budget, time.monotonic() - start)
         chosen = np.arange(len(usable))
@@ -237,7 +245,7 @@ def label_and_outlier_issues(
             images = thumbnails(paths)
             advance(len(paths))
         with stage("features (k-means)", len(paths), progress) as advance:
-            features = learner.transform(images, advance=advance)
+            features = describer.transform(images, advance=advance)
         input_side = None
     else:
         chosen = np.arange(len(usable))
@@ -253,7 +261,8 @@ def label_and_outlier_issues(
     folds = int(min(FOLDS, np.bincount(chosen_labels)[np.bincount(chosen_labels) > 0].min()))
     if folds < 2:
         return [], [*notes, "label check skipped: too few images per class"], input_side
-    issues = _label_issues(report, [usable[k] for k in chosen], features, chosen_labels, folds, progress)
+    items = [usable[k] for k in chosen]
+    issues = _label_issues(report, items, features, chosen_labels, folds, progress, learner)
     scores, fence = outlier_scores(features)
     for k in np.argsort(-scores):
         if scores[k] <= fence:
@@ -263,7 +272,13 @@ def label_and_outlier_issues(
 
 
 def _label_issues(
-    report: Report, items: list[Any], features: np.ndarray, labels: np.ndarray, folds: int, progress: bool
+    report: Report,
+    items: list[Any],
+    features: np.ndarray,
+    labels: np.ndarray,
+    folds: int,
+    progress: bool,
+    learner: str,
 ) -> list[Issue]:
     from cleanlab.filter import find_label_issues
 
@@ -273,7 +288,7 @@ def _label_issues(
     remap = {int(c): k for k, c in enumerate(present)}  # cleanlab wants labels 0..K-1
     dense = np.array([remap[int(c)] for c in labels])
     with stage(f"label check ({folds} folds)", 1, progress) as advance:
-        probs = out_of_sample_probabilities(features, dense, folds)
+        probs = out_of_sample_probabilities(features, dense, folds, learner=learner)
         advance(1)
     ranked = find_label_issues(dense, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     issues = []
