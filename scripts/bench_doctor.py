@@ -251,7 +251,7 @@ def vit_kfold_issues(root: Path, budget: float, folds: int = 5) -> tuple[set[str
 
     from vit.augment import normalize
     from vit.autoconfig import SMALL_IMAGE_MODEL
-    from vit.doctor_labels import thumbnails
+    from vit.doctor_features import thumbnails
     from vit.folder import discover
     from vit.model import ViTClassifier
 

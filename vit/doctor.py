@@ -24,6 +24,7 @@ import numpy as np
 
 from serve.preprocess import DEFAULT_MAX_PIXELS
 from vit.arguments import parse_or_exit_code
+from vit.doctor_features import DEFAULT_FEATURES
 from vit.doctor_hash import (
     NEAR_BITS,
     NEAR_CORRELATION,
@@ -310,9 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="as `vit fit --data.seed`")
     parser.add_argument(
         "--model",
-        metavar="CKPT|NAME",
+        metavar="CKPT|NAME|auto|none",
+        default="auto",
         help="features for labels and outliers: a vit checkpoint, or pretrained weights by name "
-        "(timm tag or hf-hub:ORG/NAME, from the local Hugging Face cache)",
+        "(timm tag or hf-hub:ORG/NAME; downloaded on a miss where there is internet); auto: "
+        f"{DEFAULT_FEATURES} if it is in the local Hugging Face cache, else none; none: quick "
+        "k-means features",
     )
     parser.add_argument("--budget", default="5m", help="time for the label check (e.g. 5m, 90s)")
     parser.add_argument("--no-labels", action="store_true", help="skip the label and outlier checks")

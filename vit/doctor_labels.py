@@ -1,12 +1,8 @@
 """Likely label errors and outliers: out-of-sample probabilities, cleanlab, k-NN distances.
 
-Features come from ``--model`` (the pooled pre-logits features of a vit checkpoint, or of
-pretrained weights by name from the local cache: :func:`feature_network`) or, without a model,
-from a quick unsupervised learner: single-layer k-means features of 32 px thumbnails (Coates,
-Lee & Ng, 2011: whitened 6x6 patches, a k-means dictionary, "triangle" activations, quadrant
-sum-pooling). No pretrained weights are available offline, and on 2,000 CIFAR-10
-images this learner gives better out-of-sample probabilities in seconds than the project's
-ViT trained k-fold within the same budget (measured in docs/DOCTOR.md).
+Features come from :mod:`vit.doctor_features`: a network's (a vit checkpoint, pretrained
+weights by name, or by default the pretrained photo features when they are cached) or a quick
+k-means learner's.
 
 A logistic regression, cross-validated k-fold on those features, gives every image a probability
 from a model that never saw it; ``cleanlab.filter.find_label_issues`` ranks the images whose
@@ -19,142 +15,19 @@ far beyond the others' (above Tukey's far-out fence, Q3 + 3 IQR).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve.preprocess import Preprocessing, decode_image
+from vit.doctor_features import KMeansFeatures, affordable, model_features, resolve_features, thumbnails
 
 if TYPE_CHECKING:
     from vit.doctor import Issue, Report
 
-THUMB = 32
-PATCH = 6
-ATOMS = 256
 FOLDS = 5
 NEIGHBOURS = 10
 MIN_PER_CLASS = 2
 DICTIONARY_IMAGES = 400  # thumbnails whose patches train the k-means dictionary
-DICTIONARY_PATCHES = 20_000
-
-
-def thumbnails(paths: list[str], side: int = THUMB, workers: int = 2) -> np.ndarray:
-    """Every image as ``side x side`` RGB uint8 (central square, the shared decoder)."""
-    geometry = Preprocessing(input_size=(side, side), crop_pct=1.0)
-
-    def load(path: str) -> np.ndarray:
-        return np.asarray(geometry.resize_and_crop(decode_image(path, preprocessing=geometry)))
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL releases the GIL
-        return np.stack(list(pool.map(load, paths, chunksize=64)))
-
-
-def _patches(images: np.ndarray) -> np.ndarray:
-    """(n, h, w, PATCH*PATCH*3) contrast-normalised float32 patches, stride 1."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    windows = sliding_window_view(images.astype(np.float32) / 255.0, (PATCH, PATCH, 3), axis=(1, 2, 3))
-    n, h, w = windows.shape[:3]
-    flat = windows.reshape(n, h, w, -1)
-    flat = flat - flat.mean(axis=-1, keepdims=True)
-    return flat / np.sqrt((flat * flat).mean(axis=-1, keepdims=True) + 0.01)
-
-
-class KMeansFeatures:
-    """Coates-Ng single-layer features; fit on patches of the images themselves (unsupervised)."""
-
-    def __init__(self, atoms: int = ATOMS, seed: int = 0) -> None:
-        self.atoms, self.seed = atoms, seed
-
-    def fit(self, images: np.ndarray, samples: int = DICTIONARY_PATCHES) -> KMeansFeatures:
-        from sklearn.cluster import MiniBatchKMeans
-
-        rng = np.random.default_rng(self.seed)
-        patches = _patches(images).reshape(-1, PATCH * PATCH * 3)
-        patches = patches[rng.choice(len(patches), min(samples, len(patches)), replace=False)]
-        self.mean = patches.mean(axis=0)
-        values, vectors = np.linalg.eigh(np.cov(patches - self.mean, rowvar=False))
-        self.whiten = (vectors / np.sqrt(values + 0.1)) @ vectors.T  # ZCA: patches stop being all edges
-        kmeans = MiniBatchKMeans(self.atoms, init="random", random_state=self.seed, n_init=1, batch_size=4096)
-        self.centres = kmeans.fit((patches - self.mean) @ self.whiten).cluster_centers_.astype(np.float32)
-        return self
-
-    def transform(
-        self, images: np.ndarray, chunk: int = 64, advance: Callable[[int], None] = lambda n: None
-    ) -> np.ndarray:
-        out = []
-        c2 = (self.centres * self.centres).sum(axis=1)
-        for start in range(0, len(images), chunk):
-            patches = _patches(images[start : start + chunk])
-            n, h, w, d = patches.shape
-            x = (patches.reshape(-1, d) - self.mean) @ self.whiten
-            dist = np.sqrt(np.maximum((x * x).sum(axis=1, keepdims=True) - 2 * x @ self.centres.T + c2, 0))
-            act = np.maximum(dist.mean(axis=1, keepdims=True) - dist, 0).reshape(n, h, w, -1)
-            hh, hw = h // 2, w // 2
-            quads = [act[:, :hh, :hw], act[:, :hh, hw:], act[:, hh:, :hw], act[:, hh:, hw:]]
-            out.append(np.concatenate([q.sum(axis=(1, 2)) for q in quads], axis=1))
-            advance(n)
-        return np.concatenate(out).astype(np.float32)
-
-
-def feature_network(spec: str) -> tuple[Any, Preprocessing]:
-    """The network whose pooled features describe the images, and how it is fed.
-
-    ``spec`` is a vit checkpoint (``.ckpt``), or pretrained weights by name as
-    ``--model.pretrained`` takes them (a timm tag such as ``vit_small_patch16_224.augreg_in21k``
-    or ``hf-hub:ORG/NAME``, read from the local Hugging Face cache): timm builds it without a
-    head, fed the way its pretrained config says.
-    """
-    from pathlib import Path
-
-    from vit.pretrained import PretrainedUnavailable, create_pretrained, is_named
-
-    path = Path(spec).expanduser()
-    if path.suffix == ".ckpt" and path.is_file():
-        from vit.checkpoint import load_checkpoint
-
-        loaded = load_checkpoint(path)
-        return loaded.net, loaded.preprocessing
-    if not is_named(spec) or path.exists():
-        raise ValueError(
-            f"--model {spec}: neither a vit checkpoint (.ckpt) nor pretrained weights by name "
-            "(a timm tag like vit_small_patch16_224.augreg_in21k, or hf-hub:ORG/NAME)"
-        )
-    import timm
-
-    try:
-        net = create_pretrained(spec, num_classes=0).eval()
-    except PretrainedUnavailable as exc:  # the same words as for vit fit, under this flag's name
-        raise ValueError(str(exc).replace("--model.pretrained", "--model", 1)) from exc
-    cfg = timm.data.resolve_data_config(model=net)
-    pre = Preprocessing(
-        input_size=tuple(cfg["input_size"][1:]),
-        crop_pct=float(cfg.get("crop_pct", 1.0)),
-        crop_mode="squash" if cfg.get("crop_mode") == "squash" else "center",  # timm's "border": centre
-        interpolation=cfg.get("interpolation", "bicubic"),
-        mean=cfg["mean"],
-        std=cfg["std"],
-    )
-    return net, pre
-
-
-def model_features(
-    spec: str, paths: list[str], advance: Callable[[int], None] = lambda n: None
-) -> tuple[np.ndarray, int]:
-    """Pooled pre-logits features of ``spec`` (:func:`feature_network`) for ``paths``, and its input side."""
-    import torch
-
-    net, pre = feature_network(spec)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(paths), 64):
-            batch = [pre(decode_image(p, preprocessing=pre)) for p in paths[start : start + 64]]
-            tokens = net.forward_features(torch.from_numpy(np.stack(batch)))
-            out.append(net.forward_head(tokens, pre_logits=True).float().numpy())
-            advance(len(batch))
-    return np.concatenate(out), int(pre.input_size[0])
 
 
 def out_of_sample_probabilities(
@@ -193,13 +66,6 @@ def outlier_scores(features: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarra
     return scores, float(q3 + 3 * (q3 - q1))
 
 
-def affordable(n: int, seconds_per_image: float, budget: float, fixed: float) -> int:
-    """How many images the label check can cover within ``budget`` seconds."""
-    if seconds_per_image <= 0:
-        return n
-    return max(0, min(n, int((budget - fixed) / seconds_per_image)))
-
-
 def label_and_outlier_issues(
     report: Report,
     model: str | None = None,
@@ -210,6 +76,7 @@ def label_and_outlier_issues(
 ) -> tuple[list[Issue], list[str], int | None]:
     """Label and outlier issues for the readable images of ``report``, notes, and the model input side.
 
+    ``model``: ``--model`` as given (:func:`vit.doctor_features.resolve_features`; None = auto).
     ``learner``: how the features become probabilities (:func:`out_of_sample_probabilities`).
     """
     from vit.doctor import Issue, stage
@@ -221,7 +88,8 @@ def label_and_outlier_issues(
     present = counts[counts > 0]
     if len(present) < 2 or present.min() < MIN_PER_CLASS:
         return [], ["label check skipped: it needs two classes with at least two readable images each"], None
-    notes: list[str] = []
+    model, note = resolve_features(model)
+    notes: list[str] = [note] if note else []
     rng = np.random.default_rng(seed)
     if model is None:
         # The dictionary is learnt from a sample; the time it takes to thumbnail and describe
@@ -248,9 +116,12 @@ def label_and_outlier_issues(
             features = describer.transform(images, advance=advance)
         input_side = None
     else:
-        chosen = np.arange(len(usable))
+        paths = [item.path for item in usable]
         with stage("features (model)", len(usable), progress) as advance:
-            features, input_side = model_features(model, [item.path for item in usable], advance)
+            remaining = budget - (time.monotonic() - start)
+            features, chosen, input_side = model_features(model, paths, remaining, seed, advance)
+        if len(chosen) < len(usable):
+            notes.append(f"label check covered {len(chosen)} of {len(usable)} images within the --budget")
         notes.append(
             "label check: the model's own predictions are in-sample (optimistic); its features "
             "were cross-validated with a logistic regression instead"

@@ -113,3 +113,14 @@ def mixed_folder(tiny_data: Path, tmp_path: Path) -> Path:
     (folder / "truncated.png").write_bytes(data[: len(data) // 2])
     (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own Hugging Face cache or the network (the doctor's
+    ``--model auto`` looks there); :func:`tests.hubcache.hub_cache` fills one where a test needs it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.getbasetemp() / "empty-hf-cache"))
