@@ -126,6 +126,8 @@ class BatchAugment:
         interpolation: resampling filter of the policy's geometric ops.
         color_jitter: brightness/contrast/saturation strength or None.
         re_prob: random-erasing probability (erased area set to 0 after normalisation).
+        translate: largest shift in output pixels after the crop (zero fill), as torchvision's
+            ``RandomCrop(size, padding=translate)`` on the uncached path; 0 for none.
     """
 
     def __init__(
@@ -140,8 +142,10 @@ class BatchAugment:
         color_jitter: float | None = None,
         re_prob: float = 0.0,
         interpolation: str = "bicubic",
+        translate: int = 0,
     ) -> None:
         self.size = int(size)
+        self.translate = int(translate)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.hflip = float(hflip)
@@ -200,6 +204,25 @@ class BatchAugment:
         flips = flips.to(images.device).view(-1, 1, 1, 1)
         return torch.where(flips, out.flip(-1), out)
 
+    def shift(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Each image moved by its own random integer offset in ``[-translate, translate]``, zero fill.
+
+        The CIFAR standard (pad, then crop at a random place), done for the whole batch with one
+        indexing op; pixels stay exact since the offsets are whole pixels.
+        """
+        if self.translate <= 0:
+            return pixels
+        n, _, height, width = pixels.shape
+        t = self.translate
+        padded = torch.nn.functional.pad(pixels, (t, t, t, t))
+        top = torch.randint(0, 2 * t + 1, (n, 1), device=pixels.device)
+        left = torch.randint(0, 2 * t + 1, (n, 1), device=pixels.device)
+        rows = (top + torch.arange(height, device=pixels.device)).view(n, 1, height, 1)
+        cols = (left + torch.arange(width, device=pixels.device)).view(n, 1, 1, width)
+        batch = torch.arange(n, device=pixels.device).view(n, 1, 1, 1)
+        channels = torch.arange(pixels.shape[1], device=pixels.device).view(1, -1, 1, 1)
+        return padded[batch, channels, rows, cols]
+
     def _per_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Policy and jitter, one image at a time on uint8 (their random draws differ per image)."""
         images = pixels.round_().clamp_(0, 255).to(torch.uint8)
@@ -218,7 +241,7 @@ class BatchAugment:
         """uint8 ``N x 3 x H x W`` -> normalised float32 ``N x 3 x size x size``."""
         n, _, height, width = images.shape
         boxes = self.sample_boxes(n, height, width, images.device)
-        pixels = self.crop(images, boxes, self.sample_flips(n, images.device))
+        pixels = self.shift(self.crop(images, boxes, self.sample_flips(n, images.device)))
         if self.policy is not None or self.jitter is not None:
             pixels = self._per_image(pixels)
         x = normalize(pixels, self.mean, self.std)

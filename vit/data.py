@@ -19,6 +19,7 @@ from torch.utils.data import (
     SequentialSampler,
     WeightedRandomSampler,
 )
+from torchvision import transforms
 
 from serve.preprocess import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, decode_image
 from vit.augment import BatchAugment, check_policy, guard_posterize, normalize
@@ -92,6 +93,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             a mirror image is another thing), else 0.5 (vit.folder.mostly_grey on the headers).
         auto_augment: timm policy string (e.g. ``rand-m9-mstd0.5-inc1``) or None.
         re_prob: random-erasing probability.
+        translate: random shift of up to this many pixels after the crop, zero fill (pad and
+            crop, the CIFAR standard; timm's transforms have none); 0 for none.
         color_jitter: colour-jitter strength (ignored when ``auto_augment`` is set).
         balanced_sampling: sample classes equally often (weights 1 / class count).
         max_pixels: larger images are reported and skipped.
@@ -120,6 +123,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         hflip: float | str = 0.5,
         auto_augment: str | None = None,
         re_prob: float = 0.0,
+        translate: int = 0,
         color_jitter: float | None = None,
         balanced_sampling: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -173,8 +177,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
             interpolation=hp.interpolation,
             mean=tuple(hp.mean),
             std=tuple(hp.std),
+            separate=True,
         )
-        return guard_posterize(transform)
+        crop_and_flip, policy, final = transform
+        # timm's training transform has no pad-and-crop; torchvision's, after timm's crop and flip.
+        shift = [transforms.RandomCrop(hp.img_size, padding=hp.translate)] if hp.translate > 0 else []
+        return guard_posterize(transforms.Compose([crop_and_flip, *shift, policy, final]))
 
     def setup(self, stage: str | None = None) -> None:
         if self._checked:
@@ -213,6 +221,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             color_jitter=None if hp.auto_augment else hp.color_jitter,  # as timm's uncached path
             re_prob=hp.re_prob,
             interpolation=hp.interpolation,
+            translate=hp.translate,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -94,3 +94,43 @@ def test_unknown_policy_strings_are_refused_on_both_paths(policy: str, tmp_path:
         ImageFolderDataModule(str(folder), img_size=32, auto_augment=policy, cache=True)
     with pytest.raises(ValueError, match="data.auto_augment"):
         BatchAugment(32, auto_augment=policy)
+
+
+def shift_of(original: torch.Tensor, shifted: torch.Tensor, limit: int) -> tuple[int, int] | None:
+    """The (down, right) offset within ``limit`` that turns ``original`` into ``shifted`` with zero fill."""
+    side = original.shape[-1]
+    padded = torch.nn.functional.pad(original, (limit, limit, limit, limit))
+    for top in range(2 * limit + 1):
+        for left in range(2 * limit + 1):
+            if torch.equal(padded[..., top : top + side, left : left + side], shifted):
+                return limit - top, limit - left
+    return None
+
+
+def test_translate_moves_each_image_by_whole_pixels_with_zero_fill() -> None:
+    augment = BatchAugment(12, scale=(1.0, 1.0), hflip=0.0, translate=3)
+    torch.manual_seed(0)
+    batch = torch.randint(1, 256, (64, 3, 12, 12), dtype=torch.uint8)  # no zero pixel of its own
+    shifted = augment.shift(batch.float())
+    offsets = [shift_of(batch[i].float(), shifted[i], 3) for i in range(len(batch))]
+    assert None not in offsets  # every image is an exact copy, moved, padded with zeros
+    assert len(set(offsets)) > 10  # each image draws its own offset
+    assert {abs(d) for offset in offsets for d in offset} >= {0, 3}  # the whole range is used
+
+
+def test_translate_zero_leaves_the_crop_alone_and_the_batch_is_normalised() -> None:
+    batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    still = BatchAugment(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    assert torch.allclose(still(batch), batch.float())
+    moved = BatchAugment(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, translate=2)
+    assert moved(batch).shape == (4, 3, 16, 16)
+
+
+def test_the_uncached_path_translates_after_timms_crop_and_flip(tmp_path: Path) -> None:
+    folder = write_class_folder(tmp_path / "d", classes=2, per_class=3, size=(40, 40))
+    transform = ImageFolderDataModule(str(folder), img_size=32, translate=4).train_transform()
+    crops = [t for t in transform.transforms if type(t).__name__ == "RandomCrop"]
+    assert len(crops) == 1 and crops[0].padding == 4 and crops[0].size == (32, 32)
+    assert transform(images(1)[0]).shape == (3, 32, 32)
+    plain = ImageFolderDataModule(str(folder), img_size=32).train_transform()
+    assert not [t for t in plain.transforms if type(t).__name__ == "RandomCrop"]
