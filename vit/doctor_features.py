@@ -27,11 +27,11 @@ THUMB = 32
 PATCH = 6
 ATOMS = 256
 DICTIONARY_PATCHES = 20_000
-# Self-supervised DINOv2 features are what k-NN and linear probes on photos do best with; the
-# small one is fed at 224 px (timm resamples its position embeddings): its native 518 px has
-# five times the tokens, too many for a CPU budget.
+# Self-supervised DINOv2 features are what k-NN and linear probes on photos do best with. The
+# small one is fed at 196 px, 14 x 14 patches (timm resamples its position embeddings): its
+# native 518 px has seven times the tokens, too slow for a CPU budget (docs/DOCTOR.md).
 DEFAULT_FEATURES = "vit_small_patch14_dinov2.lvd142m"
-FEED_SIDES = {DEFAULT_FEATURES: 224}  # named weights fed at another side than their native one
+FEED_SIDES = {DEFAULT_FEATURES: 196}  # named weights fed at another side than their native one
 AUTO, NONE = "auto", "none"
 PROBE_IMAGES = 32  # timed first batch that says how many images the budget covers
 

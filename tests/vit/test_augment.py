@@ -120,7 +120,9 @@ def test_translate_moves_each_image_by_whole_pixels_with_zero_fill() -> None:
 
 def test_translate_zero_leaves_the_crop_alone_and_the_batch_is_normalised() -> None:
     batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    still = BatchAugment(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    still = BatchAugment(
+        16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, mean=(0, 0, 0), std=(1 / 255,) * 3
+    )
     assert torch.allclose(still(batch), batch.float())
     moved = BatchAugment(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, translate=2)
     assert moved(batch).shape == (4, 3, 16, 16)

@@ -115,7 +115,7 @@ def test_the_budget_covers_a_random_subset_with_its_own_features(hub_cache: Path
 
 
 @pytest.mark.slow
-def test_the_default_features_are_fed_at_224(hub_cache: Path) -> None:
+def test_the_default_features_are_fed_at_their_feed_side(hub_cache: Path) -> None:
     import timm
     import torch
     from PIL import Image
@@ -129,7 +129,8 @@ def test_the_default_features_are_fed_at_224(hub_cache: Path) -> None:
     cached_repository(hub_cache, hub_id(name), native.state_dict())
     assert doctor_features.cached(name) and doctor_features.resolve_features("auto") == (name, None)
     net, pre = doctor_features.feature_network(name)
-    assert pre.input_size == (224, 224) and tuple(net.patch_embed.img_size) == (224, 224)
+    side = doctor_features.FEED_SIDES[name]
+    assert side < 518 and pre.input_size == (side, side) and tuple(net.patch_embed.img_size) == (side, side)
     picture = pre(Image.new("RGB", (300, 200), "teal"))
     with torch.inference_mode():
         features = net.forward_head(net.forward_features(torch.from_numpy(picture[None])), pre_logits=True)
