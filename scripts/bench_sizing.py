@@ -2,17 +2,20 @@
 rung each budget chooses from those speeds.
 
     python scripts/bench_sizing.py [--img-size 32] [--batch-size 128] [--rounds 3] [--images 50000]
-        [--budgets 5m 30m 1h 2h]
+        [--budgets 5m 30m 1h 2h] [--variants]
 
 Rounds are interleaved (every rung and precision once per round) so the load of a shared
 machine hits them alike; the table gives the median img/s per rung and the bf16 / fp32 ratio,
 then the choice `vit fit --budget B` makes for a folder of ``--images`` training images (the
 rule of docs/TRAINING_RECIPES.md, "The model grows with the budget"). Nothing is cached.
+``--variants`` measures variants of the small-image nano instead (the recipe's stem and MLP,
+each of the rung's changes alone, more blocks, more width), which chose the rungs' shape.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +29,23 @@ from bench_infer import machine  # noqa: E402
 
 from vit.autoconfig import choose_patch_size, cpu_has_bf16  # noqa: E402
 from vit.cli import duration_seconds, parse_duration  # noqa: E402
-from vit.sizing import choose, ladder_for, machine_key, train_speed  # noqa: E402
+from vit.sizing import SMALL_IMAGES, Rung, choose, ladder_for, machine_key, train_speed  # noqa: E402
+
+
+def nano_variants() -> list[Rung]:
+    """The nano rung as it is, the recipe's nano, each change alone, and dearer capacity."""
+    nano = SMALL_IMAGES[0]
+    change = dataclasses.replace
+    return [
+        nano,
+        change(nano, name="recipe nano (1 residual, MLP 2)", stage_blocks=1, mlp_ratio=2.0),
+        change(nano, name="2 residual, MLP 2", mlp_ratio=2.0),
+        change(nano, name="1 residual, MLP 4", stage_blocks=1),
+        change(nano, name="recipe nano, 4 blocks", stage_blocks=1, mlp_ratio=2.0, depth=4),
+        change(nano, name="recipe nano, width 160, 3 blocks", stage_blocks=1, mlp_ratio=2.0,
+               embed_dim=160, depth=3, num_heads=5, stem_width=40),
+        SMALL_IMAGES[1],
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budgets", nargs="+", default=["5m", "30m", "1h", "2h"])
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="variants of the nano instead of the ladder")
     args = parser.parse_args(argv)
     size = args.img_size
     patch = args.patch_size or choose_patch_size(size)
     family, ladder = ladder_for(size)
+    if args.variants:
+        family, ladder = "nano variants", nano_variants()
     precisions = ["32-true"]
     if not args.no_bf16 and (cpu_has_bf16() or torch.cuda.is_available()):
         precisions.append("bf16-mixed")
@@ -78,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         print(f"| {rung.name} | {params:.2f}M | " + " | ".join(cells) + ratio + " |")
+    if args.variants:
+        return 0
     print(f"\nchoice for {args.images} training images:")
     for budget in args.budgets:
         seconds = duration_seconds(parse_duration(budget))

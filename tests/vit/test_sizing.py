@@ -127,4 +127,9 @@ def test_a_budget_sizes_the_automatic_defaults(tmp_path: Path, monkeypatch: pyte
     model_args = {k.removeprefix("model."): v for k, v in fast.items() if k.startswith("model.")}
     net = ViTClassifier(num_classes=3, **model_args).net
     assert net.embed_dim == 192 and len(net.blocks) == 3
+    # every architecture key of the rung (stem layers, MLP ratio) reaches the trained model
+    rung = sizing.rung_named("micro", 32)
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        p.numel() for p in rung.build(32, 4, 3).parameters()
+    )
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3)
